@@ -16,7 +16,7 @@ def calcified_volume(
     """
     rng = np.random.default_rng(seed)
     hu = rng.normal(40, 15, size=shape).astype(np.int16)
-    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    _z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
     spine = (y - 0.75 * shape[1]) ** 2 + (x - shape[2] / 2) ** 2 <= (0.07 * shape[1]) ** 2
     hu[np.broadcast_to(spine, shape)] = 600
     labels = np.zeros(shape, dtype=np.uint8)

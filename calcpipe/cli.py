@@ -76,6 +76,14 @@ def volume_table(volume: CTVolume) -> object:
 
 
 @app.command()
+def profiles() -> None:
+    """List the scoring profiles, with one example volume scored under each."""
+    from calcpipe.scoring.comparison import comparison_table
+
+    typer.echo(comparison_table(), nl=False)
+
+
+@app.command()
 def demo(
     out: Path = typer.Argument(Path("demo_out"), help="Folder for the generated series."),
     shared_data: Path = typer.Option(

@@ -65,3 +65,67 @@ def test_chest_ct_two_kernels_need_a_choice(shared_data):
     assert soft.metadata.age_years == 53.0 and soft.metadata.sex == "F"
     np.testing.assert_allclose(soft.affine, sharp.affine)
     assert load_volume(study, series_uid=soft.series_uid).series_uid == soft.series_uid
+
+
+def _qrm_inserts(shared_data, volume):
+    import csv
+
+    rows = list(csv.DictReader(open(shared_data / "qrm_phantom_canon" / "inserts.csv")))
+    labels = np.zeros(volume.hu.shape, dtype=np.uint8)
+    _, dy, dx = volume.spacing_mm
+    yy, xx = np.mgrid[: volume.hu.shape[1], : volume.hu.shape[2]]
+    names = {}
+    for value, row in enumerate(rows, start=1):
+        disc = ((yy - int(row["centre_row"])) * dy) ** 2 + (
+            (xx - int(row["centre_col"])) * dx) ** 2 <= float(row["roi_radius_mm"]) ** 2
+        labels[int(row["slice_first"]) : int(row["slice_last"]) + 1, disc] = value
+        names[value] = row["insert"]
+    return labels, names
+
+
+def test_qrm_standard_profile_reproduces_fqm_reference(shared_data):
+    import csv
+
+    from calcpipe.scoring import score
+
+    volume = load_volume(shared_data / "qrm_phantom_canon" / "dicom")
+    labels, names = _qrm_inserts(shared_data, volume)
+    result = score(volume.hu, labels, volume.spacing_mm, label_names=names,
+                   mass_calibration=0.722048, affine=volume.affine)
+    reference = list(csv.DictReader(open(shared_data / "qrm_phantom_canon" / "reference.csv")))
+    assert len(reference) == 9
+    for ref in reference:
+        row = result.row(ref["insert"])
+        for ours, theirs in ((row.agatston, ref["fqm_agatston"]),
+                             (row.volume_mm3, ref["fqm_volume_score_mm3"]),
+                             (row.mass_mg, ref["fqm_mass_mg"])):
+            assert ours == pytest.approx(float(theirs), rel=0.005, abs=1e-9), ref["insert"]
+    assert result.row("Small_LD").agatston == 0 and result.row("Small_MD").agatston == 0
+    assert sum(r.agatston for r in result.rows) == pytest.approx(966.63, rel=1e-4)
+
+
+def test_qrm_mass_calibration_from_the_rods(shared_data):
+    """c_HA from the 200 mg HA/cm3 calibration rod (slices 31-33, found as the bright disc
+    near the insert centre) and the water-equivalent rod (the darkest 2.5 mm disc 22.5 mm
+    from the rod centre), beside the FQM reference factor 0.722048."""
+    from calcpipe.scoring import measure_c_ha
+
+    volume = load_volume(shared_data / "qrm_phantom_canon" / "dicom")
+    hu, (_, dy, dx) = volume.hu, volume.spacing_mm
+    slab = slice(31, 34)
+    yy, xx = np.mgrid[: hu.shape[1], : hu.shape[2]]
+    bright = (hu[slab] > 150) & (np.abs(yy - 220) < 70) & (np.abs(xx - 240) < 70)
+    _, ry, rx = np.nonzero(bright)
+    cy, cx = ry.mean(), rx.mean()
+
+    def disc(y, x, radius_mm):
+        mask = np.zeros(hu.shape, bool)
+        mask[slab] = ((yy - y) * dy) ** 2 + ((xx - x) * dx) ** 2 <= radius_mm**2
+        return mask
+
+    candidates = [(cy + 22.5 / dy * np.sin(a), cx + 22.5 / dx * np.cos(a))
+                  for a in np.radians(np.arange(0, 360, 2))]
+    water_centre = min(candidates, key=lambda c: hu[disc(*c, 2.5)].mean())
+    c_ha = measure_c_ha(hu, disc(cy, cx, 5.0), disc(*water_centre, 2.5))
+    print(f"\nQRM c_HA measured from the rods: {c_ha:.4f} (FQM reference 0.722048)")
+    assert c_ha == pytest.approx(0.722048, rel=0.05)

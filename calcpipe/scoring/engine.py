@@ -259,7 +259,7 @@ _VOLUME_OFFSETS = {
 
 
 def _components(
-    coords: tuple[np.ndarray, np.ndarray, np.ndarray], keys: np.ndarray,
+    coords: tuple[np.ndarray, ...], keys: np.ndarray,
     offsets: tuple[tuple[int, int, int], ...],
 ) -> np.ndarray:
     """Connected components of sparse voxels; voxels connect only when their keys match.
