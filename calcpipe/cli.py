@@ -76,6 +76,63 @@ def volume_table(volume: CTVolume) -> object:
 
 
 @app.command()
+def synth(
+    out_dir: Path = typer.Argument(..., help="Folder for the cohort (DICOM + _truth/)."),
+    studies: int = typer.Option(10, min=1, help="Number of studies."),
+    seed: int = typer.Option(0, help="Cohort seed: the same seed gives the same bytes."),
+    matrix: int = typer.Option(512, min=32, help="Image matrix (128 or 256 for fast tests)."),
+    workers: int | None = typer.Option(None, min=1, help="Processes (default: all cores)."),
+    randomise: bool = typer.Option(False, help="Domain randomisation for training data."),
+    preview: Path | None = typer.Option(None, help="Also write a PNG montage of study 0."),
+    localizer: bool = typer.Option(False, help="Add a localizer series."),
+    contrast_series: bool = typer.Option(False, help="Add a contrast-enhanced series."),
+    sharp_series: bool = typer.Option(False, help="Add a sharp-kernel reconstruction."),
+    second_phase: bool = typer.Option(False, help="Add a 40 % R-R phase series."),
+    missing_slice: bool = typer.Option(False, help="Drop one slice of the scoring series."),
+    duplicate_slice: bool = typer.Option(False, help="Duplicate one slice file."),
+    shuffle: bool = typer.Option(False, help="Shuffle file names."),
+    jpeg2000: bool = typer.Option(False, help="Write JPEG 2000 lossless pixel data."),
+    corrupt_file: bool = typer.Option(False, help="Truncate one file."),
+) -> None:
+    """Write a synthetic cohort: DICOM studies with exact calcium truth."""
+    from rich.console import Console
+
+    from calcpipe.synthetic import Randomisation, StudyOptions, sample_spec, write_cohort
+    from calcpipe.synthetic import preview as write_preview
+
+    options = StudyOptions(
+        localizer=localizer, contrast_series=contrast_series, sharp_series=sharp_series,
+        second_phase=second_phase, missing_slice=missing_slice,
+        duplicate_slice=duplicate_slice, shuffled_names=shuffle,
+        transfer_syntax="1.2.840.10008.1.2.4.90" if jpeg2000 else None,
+        corrupt_file=corrupt_file)
+    randomisation = Randomisation.training() if randomise else None
+    console = Console()
+    write_cohort(out_dir, studies=studies, seed=seed, matrix=matrix, workers=workers,
+                 options=options, randomisation=randomisation)
+    console.print(f"wrote {studies} studies and their truth to {out_dir}")
+    if preview is not None:
+        spec = sample_spec(seed, 0, matrix=matrix, randomisation=randomisation)
+        console.print(f"preview: {write_preview(preview, spec)}")
+
+
+@app.command("qrm-report")
+def qrm_report_command(
+    reference: Path = typer.Option(
+        Path("../shared/data/qrm_phantom_canon/reference.csv"),
+        help="reference.csv of the real QRM scan."),
+    seed: int = typer.Option(0, help="Noise seed of the replica."),
+) -> None:
+    """Score the digital QRM replica and compare it with the real scan, insert by insert."""
+    from calcpipe.synthetic.qrm import format_report, qrm_report
+
+    if not reference.is_file():
+        typer.echo(f"{reference} not found: the real scan's reference scores are needed")
+        raise typer.Exit(code=2)
+    typer.echo(format_report(qrm_report(reference, seed)))
+
+
+@app.command()
 def profiles() -> None:
     """List the scoring profiles, with one example volume scored under each."""
     from calcpipe.scoring.comparison import comparison_table

@@ -1,0 +1,43 @@
+"""Ground-truth files: label maps as NIfTI on the DICOM grid, scores as Parquet.
+
+NIfTI convention (stated in each file's header ``descrip``): array axes (i, j, k) =
+(column, row, slice) of the DICOM series, slices in ascending patient z; the affine maps
+them to RAS millimetres (the DICOM LPS affine with x and y negated); sform and qform codes
+are 1 (scanner). Files are gzip-compressed with a zero timestamp, so the same truth gives
+the same bytes.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+DESCRIPTION = b"calcpipe truth; axes col,row,slice; RAS mm"
+
+
+def nifti_bytes(labels: npt.NDArray[np.uint8], affine_zyx_lps: npt.NDArray[np.float64]) -> bytes:
+    """Gzipped NIfTI-1 of a (Z, Y, X) label map with its (z, y, x) -> LPS affine."""
+    import nibabel as nib
+
+    ijk_to_zyx = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])
+    affine = _LPS_TO_RAS @ affine_zyx_lps @ ijk_to_zyx
+    image = nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)), affine)
+    image.header["descrip"] = DESCRIPTION
+    image.set_sform(affine, code=1)
+    image.set_qform(affine, code=1)
+    return gzip.compress(image.to_bytes(), mtime=0)
+
+
+def read_labels(path: str | Path) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
+    """A truth (or predicted) label map back as (Z, Y, X) with its (z, y, x) -> LPS affine."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image.from_filename(str(path))
+    data = np.asarray(image.dataobj).astype(np.uint8).transpose(2, 1, 0)
+    zyx_to_ijk = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])
+    affine = _LPS_TO_RAS @ image.affine @ zyx_to_ijk
+    return np.ascontiguousarray(data), affine
