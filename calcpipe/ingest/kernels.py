@@ -36,13 +36,17 @@ _PHILIPS_SHARP = {"D", "E", "YC", "L"}
 def kernel_class(kernel: str | None, manufacturer: str | None = None) -> KernelClass:
     """Class of a ConvolutionKernel value (first value when multi-valued, e.g. ``Br38f\\3``).
 
-    ``manufacturer`` picks the vendor's list; without it every list is tried, GE and
+    ``manufacturer`` picks the vendor's list; without it (or for another vendor) every list
+    is tried, GE and
     Philips names first, then the Canon and Siemens number patterns.
     """
     if not kernel:
         return "unknown"
     name = kernel.split("\\")[0].strip().upper()
     vendor = (manufacturer or "").upper()
+    if not (vendor.startswith("GE")
+            or any(v in vendor for v in ("PHILIPS", "TOSHIBA", "CANON", "SIEMENS"))):
+        vendor = ""  # an unknown vendor: try every list
     if vendor.startswith("GE") or (not vendor and name in _GE_SOFT | _GE_SHARP):
         return "soft" if name in _GE_SOFT else "sharp" if name in _GE_SHARP else "unknown"
     if "PHILIPS" in vendor or (not vendor and name in _PHILIPS_SOFT | _PHILIPS_SHARP):
