@@ -11,8 +11,8 @@ import pytest
 from calcpipe.dicom import DicomInputError, load_volume
 from calcpipe.dicom.writer import write_series
 from calcpipe.ingest import DEFAULT_RULES, discover, kernel_class, select_series
-from calcpipe.ingest.grouping import group_studies
 from calcpipe.ingest.discover import scan_headers
+from calcpipe.ingest.grouping import group_studies
 
 STUDY = "1.2.826.0.1.3680043.8.498.7"
 GOOD = {"Manufacturer": "SIEMENS", "ConvolutionKernel": "B35f"}
