@@ -95,9 +95,13 @@ def scan_headers(
     skipped: list[SkippedFile] = []
     for start in range(0, len(candidates), BATCH_FILES):
         batch = candidates[start:start + BATCH_FILES]
-        paths = [p for p, _ in batch]
-        ends = [min(int(info.get("size") or 0), HEADER_BYTES) for _, info in batch]
-        blobs = fs.cat_ranges(paths, [0] * len(paths), ends, on_error="return")
+        sizes = [int(info.get("size") or 0) for _, info in batch]
+        fetch = [i for i, size in enumerate(sizes) if size > 0]  # empty files: no request
+        blobs: list[bytes | Exception] = [b""] * len(batch)
+        got = fs.cat_ranges([batch[i][0] for i in fetch], [0] * len(fetch),
+                            [min(sizes[i], HEADER_BYTES) for i in fetch], on_error="return")
+        for i, blob in zip(fetch, got, strict=True):
+            blobs[i] = blob
         for (path, info), blob in zip(batch, blobs, strict=True):
             url = _url(fs, path)
             result = _header(fs, path, url, info, blob)
