@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_load_volume.py
 	$(PY) bench/bench_scoring.py
 	$(PY) bench/bench_synthetic.py
+	$(PY) bench/bench_discovery.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -28,24 +28,91 @@ def version() -> None:
 
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="A series folder, or one DICOM file."),
-    series_uid: str | None = typer.Option(None, help="Series to load when several are present."),
+    path: str = typer.Argument(..., help="A study or series folder, a DICOM file, or an "
+                               "fsspec URL (s3://bucket/prefix)."),
+    series_uid: str | None = typer.Option(None, help="Load this series regardless of the "
+                                          "selection rules (local paths)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the series found and the "
+                                     "decisions as JSON."),
+    load: bool = typer.Option(True, "--load/--no-load", help="Also load the chosen series "
+                              "(one study) and show its volume."),
 ) -> None:
-    """Load a CT series and show its geometry, metadata and QC flags, or why it is refused."""
+    """Show the series found under PATH, the one chosen per study, and every reason."""
+    import json
+
     from rich.console import Console
     from rich.markup import escape
 
     from calcpipe.dicom import DicomError, load_volume
+    from calcpipe.ingest.report import discovery_report
+    from calcpipe.ingest.study import discover, load_study
 
     console = Console()
-    try:
-        volume = load_volume(path, series_uid=series_uid)
-    except DicomError as e:
-        console.print(f"[bold red]refused[/] {escape(f'[{e.code}] {e.message}')}")
-        if e.fix:
-            console.print(f"[yellow]fix:[/] {escape(e.fix)}")
-        raise typer.Exit(code=2) from e
-    console.print(volume_table(volume))
+    if series_uid is not None:
+        try:
+            volume = load_volume(path, series_uid=series_uid)
+        except DicomError as e:
+            _refused(console, e)
+            raise typer.Exit(code=2) from e
+        console.print(volume_table(volume))
+        return
+    report = discovery_report(discover(path))
+    if json_output:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        for study in report["studies"]:
+            console.print(selection_table(study))
+            for entry in study["series"]:
+                for line in entry["reasons"] + entry["flags"]:
+                    console.print(f"  {escape(entry['series_id'])} {entry['decision']}: "
+                                  f"{escape(line)}", soft_wrap=True)
+        if report["skipped"]:
+            console.print(f"skipped files: {report['skipped']}")
+    chosen = [s for s in report["studies"] if s["chosen"] is not None]
+    if not chosen:
+        if not json_output:
+            console.print("[bold red]refused[/] no series can be scored" if report["studies"]
+                          else "[bold red]refused[/] no DICOM files found")
+        raise typer.Exit(code=2)
+    if load and not json_output and len(report["studies"]) == 1:
+        try:
+            volume = load_study(path)
+        except DicomError as e:
+            _refused(console, e)
+            raise typer.Exit(code=2) from e
+        console.print(volume_table(volume))
+
+
+def _refused(console: Any, e: Any) -> None:
+    from rich.markup import escape
+
+    console.print(f"[bold red]refused[/] {escape(f'[{e.code}] {e.message}')}")
+    if e.fix:
+        console.print(f"[yellow]fix:[/] {escape(e.fix)}")
+
+
+def selection_table(study: dict[str, Any]) -> object:
+    """A rich table of one study's series and decisions (from ``discovery_report``)."""
+    from rich.table import Table
+
+    table = Table(title=f"study {study['study_key']}")
+    for column in ("series UID", "description", "files", "kernel", "thickness mm",
+                   "spacing mm", "image type", "decision", "rules (reasons below)"):
+        table.add_column(column, overflow="fold")
+    for e in study["series"]:
+        decision = e["decision"] + (f" (rank {e['rank']})" if e["rank"] else "")
+        # rule names here; the full reasons are printed below the table
+        reasons = e["rules"] if e["decision"] != "chosen" else [
+            f.split(":")[0] for f in e["flags"]]
+        table.add_row(
+            e["series_id"], e["series_description"] or "", str(e["n_files"]),
+            e["kernel"] or "", _mm(e["slice_thickness_mm"]), _mm(e["slice_spacing_mm"]),
+            "\\".join(e["image_type"]), decision, "\n".join(reasons) or "-")
+    return table
+
+
+def _mm(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def volume_table(volume: CTVolume) -> object:

@@ -116,8 +116,12 @@ def test_folder_mixing_two_series(tmp_path):
     hu = np.zeros((3, 8, 8), dtype=np.int16)
     write_series(tmp_path / "study" / "a", hu, spacing_mm=(3, 1, 1), series_uid="1.2.3.1")
     write_series(tmp_path / "study" / "b", hu, spacing_mm=(3, 1, 1), series_uid="1.2.3.2")
+    # a study folder: selection decides (an exact tie goes to the first series id)
+    chosen = load_volume(tmp_path / "study")
+    assert chosen.series_uid == "1.2.3.1" and chosen.selection is not None
+    assert chosen.selection.verdict("1.2.3.2").rules == ("series_id_order",)
     with pytest.raises(DicomInputError) as info:
-        load_volume(tmp_path / "study")
+        load_volume(sorted((tmp_path / "study").rglob("*.dcm")))
     assert info.value.code == "mixed_series"
     assert "1.2.3.1" in str(info.value) and "1.2.3.2" in str(info.value)
     assert load_volume(tmp_path / "study", series_uid="1.2.3.2").shape == (3, 8, 8)

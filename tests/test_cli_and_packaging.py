@@ -62,7 +62,8 @@ def test_wheel_contains_flows_and_catalog(tmp_path):
     wheel = next(tmp_path.glob("calcpipe-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in ("calcpipe/flows/__init__.py", "calcpipe/data_catalog.yaml",
-                     "calcpipe/dicom/load.py", "calcpipe/cli.py", "calcpipe/py.typed"):
+                     "calcpipe/dicom/load.py", "calcpipe/ingest/rules.py", "calcpipe/cli.py",
+                     "calcpipe/py.typed"):
         assert required in names, required
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "calcpipe = calcpipe.cli:app" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -52,10 +52,14 @@ def test_totalseg_jpeg2000_with_missing_identifiers(shared_data):
     assert -1100 < int(volume.hu.min()) and int(volume.hu.max()) < 3100
 
 
-def test_chest_ct_two_kernels_need_a_choice(shared_data):
+def test_chest_ct_two_kernels_selection_picks_the_soft_kernel(shared_data):
     study = shared_data / "chest_ct_lung_pet_ct_dx" / "study_A0002"
+    chosen = load_volume(study)
+    assert chosen.metadata.kernel == "B40f" and chosen.has_flag("series_selected")
+    assert chosen.selection is not None and chosen.selection.chosen == chosen.series_uid
+    files = sorted(str(p) for p in study.rglob("*.dcm"))
     with pytest.raises(DicomInputError) as info:
-        load_volume(study)
+        load_volume(files)  # an explicit list of files must hold one series
     assert info.value.code == "mixed_series" and "30 files" in str(info.value)
     soft = load_volume(study / "series_B40f")
     sharp = load_volume(study / "series_B70f")

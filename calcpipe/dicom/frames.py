@@ -10,9 +10,10 @@ here (never the GPL-licensed pylibjpeg-libjpeg).
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -125,13 +126,18 @@ def _check_complete(ds: Dataset, size: int, name: str) -> None:
             raise truncated
 
 
-def _forced_parse(name: str, *, header_only: bool) -> Dataset:
+def _forced_parse(
+    name: str, *, header_only: bool, source: str | BinaryIO | None = None
+) -> Dataset:
     not_dicom = DicomInputError(
         "not a DICOM file (no 'DICM' marker and no recognisable data set)",
         code="not_dicom", path=name, fix="remove the file from the series folder",
     )
+    if source is not None and not isinstance(source, str):
+        source.seek(0)
     try:
-        ds = pydicom.dcmread(name, force=True, stop_before_pixels=header_only)
+        ds = pydicom.dcmread(name if source is None else source, force=True,
+                             stop_before_pixels=header_only)
         keys = [int(t) for t in ds.keys()]
     except Exception as e:  # a forced parse of arbitrary bytes fails in arbitrary ways
         raise not_dicom from e
@@ -140,6 +146,76 @@ def _forced_parse(name: str, *, header_only: bool) -> Dataset:
     if "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
     return ds
+
+
+@dataclass(frozen=True, eq=False)
+class HeaderParse:
+    """A header parsed from the first bytes of a file (see :func:`parse_header_bytes`).
+
+    ``pixel_offset`` is the byte offset of the pixel data element's tag (the file size when
+    there is none): the bytes before it are the header that derived instance keys hash.
+    """
+
+    dataset: Dataset
+    pixel_offset: int
+
+
+def parse_header_bytes(data: bytes, name: str, *, size: int) -> HeaderParse | None:
+    """Parse a DICOM header from the first ``len(data)`` bytes of a file of ``size`` bytes.
+
+    Parameters
+    ----------
+    data : bytes
+        The start of the file (the whole file when ``len(data) >= size``).
+    name : str
+        The file's path or URL, for error messages only.
+    size : int
+        The file's size in bytes.
+
+    Returns
+    -------
+    HeaderParse or None
+        None when ``data`` is a prefix that ends before the header does: read the whole
+        file and call again.
+
+    Raises
+    ------
+    DicomInputError
+        ``empty_file``, ``not_dicom`` or ``truncated``, as :func:`read_dataset`.
+    """
+    if size == 0:
+        raise DicomInputError("the file is empty (0 bytes)", code="empty_file", path=name,
+                              fix="re-copy the file from the source archive")
+    complete = len(data) >= size
+    buffer = io.BytesIO(data)
+    ds: Dataset
+    try:
+        ds = pydicom.dcmread(buffer, stop_before_pixels=True)
+    except InvalidDicomError:
+        ds = _forced_parse(name, header_only=True, source=buffer)
+    except (EOFError, ValueError, KeyError, TypeError, OverflowError) as e:
+        if not complete:
+            return None
+        raise DicomInputError(
+            f"the file ends or breaks inside the DICOM header ({type(e).__name__}: {e})",
+            code="truncated", path=name, fix="re-copy the file; it is probably truncated",
+        ) from e
+    offset = buffer.tell()
+    at_pixels = _is_pixel_tag(data[offset:offset + 4], ds)
+    if not complete and not at_pixels:
+        return None  # the prefix ended inside the header (or the file has no pixels)
+    if complete:
+        _check_complete(ds, len(data), name)
+    return HeaderParse(dataset=ds, pixel_offset=offset if at_pixels else len(data))
+
+
+def _is_pixel_tag(head: bytes, ds: Dataset) -> bool:
+    if len(head) < 4:
+        return False
+    little = ds.original_encoding[1] is not False
+    group = int.from_bytes(head[:2], "little" if little else "big")
+    element = int.from_bytes(head[2:4], "little" if little else "big")
+    return (group << 16 | element) in _PIXEL_DATA_TAGS
 
 
 def read_file(path: str | os.PathLike[str]) -> FileRead:
@@ -160,7 +236,7 @@ def read_file(path: str | os.PathLike[str]) -> FileRead:
     n_frames = stored.shape[0]
     frames = []
     for i in range(n_frames):
-        geometry = _frame_geometry(ds, i, name, multi=n_frames > 1 or _is_enhanced(ds))
+        geometry = frame_geometry(ds, i, name, multi=n_frames > 1 or is_enhanced(ds))
         slope, intercept = _rescale(ds, i, name)
         frames.append(
             Frame(
@@ -362,7 +438,8 @@ def _padding(ds: Dataset) -> tuple[int, int] | None:
     return (value, int(limit) if limit is not None else value)
 
 
-def _is_enhanced(ds: Dataset) -> bool:
+def is_enhanced(ds: Dataset) -> bool:
+    """True for a multi-frame image with functional groups (Enhanced CT)."""
     return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
 
 
@@ -428,7 +505,10 @@ def _scalar(value: Any, keyword: str, name: str) -> float:
         ) from e
 
 
-def _frame_geometry(ds: Dataset, i: int, name: str, *, multi: bool) -> dict[str, Any]:
+def frame_geometry(ds: Dataset, i: int, name: str, *, multi: bool) -> dict[str, Any]:
+    """Plane geometry of frame ``i``: ``position``, ``orientation``, ``pixel_spacing`` (tuples
+    of float, mm and direction cosines) and ``slice_thickness`` (mm or None); ``multi`` looks
+    in the functional groups first. Raises :class:`DicomInputError` (``missing_attribute``)."""
     facts: dict[str, Any] = {}
     for keyword, group, n, field in (
         ("ImagePositionPatient", "PlanePositionSequence", 3, "position"),
@@ -456,7 +536,7 @@ def _frame_geometry(ds: Dataset, i: int, name: str, *, multi: bool) -> dict[str,
 
 
 def _rescale(ds: Dataset, i: int, name: str) -> tuple[float, float]:
-    multi = _is_enhanced(ds)
+    multi = is_enhanced(ds)
     values = []
     for keyword in ("RescaleSlope", "RescaleIntercept"):
         value = _attribute(ds, i, keyword, "PixelValueTransformationSequence", multi=multi)
@@ -484,15 +564,16 @@ def _instance_uid(ds: Dataset, name: str) -> tuple[str, bool]:
 
 
 def _header_bytes(ds: Dataset, name: str) -> bytes:
-    """The file's bytes before the pixel data element (the whole file if none)."""
+    """The file's bytes before the pixel data element's tag (the whole file if none)."""
     length = -1
     for tag in _PIXEL_DATA_TAGS:
         if tag in ds:
             offset = getattr(ds.get_item(tag), "value_tell", None)
             if offset:
-                # The value starts after its tag and length: cut before the tag itself.
-                length = max(0, int(offset) - 12)
+                # The value starts after the tag and length (8 bytes in implicit VR; 12 in
+                # explicit VR, where pixel data is always OB/OW with a 4-byte length).
+                implicit = ds.original_encoding[0] is True
+                length = max(0, int(offset) - (8 if implicit else 12))
                 break
     with open(name, "rb") as fh:
         return fh.read(length)
-

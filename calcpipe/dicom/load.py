@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -16,6 +17,9 @@ from calcpipe.dicom.frames import PADDING_HU, FileRead, Frame, read_file
 from calcpipe.dicom.metadata import find, scan_metadata
 from calcpipe.dicom.volume import CTVolume, QCFlag
 from calcpipe.keys import derived_uid
+
+if TYPE_CHECKING:
+    from calcpipe.ingest.select import SelectionDecision
 
 Source = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
@@ -44,8 +48,10 @@ def load_volume(source: Source, *, series_uid: str | None = None) -> CTVolume:
         flagged), one file (a multi-frame Enhanced CT), or an explicit list of files (each
         must be DICOM).
     series_uid : str, optional
-        Keep only this series (its real or derived UID); required when the files hold
-        several series.
+        Keep only this series (its real or derived UID). Without it, a folder holding
+        several series (a study folder) loads the series chosen by the selection rules of
+        :mod:`calcpipe.ingest` and records the decision in ``selection``; an explicit list
+        of files must hold one series.
 
     Returns
     -------
@@ -58,7 +64,9 @@ def load_volume(source: Source, *, series_uid: str | None = None) -> CTVolume:
     ------
     DicomInputError
         Unreadable, empty, truncated, non-DICOM or non-CT files, missing attributes,
-        several series mixed, a requested series absent.
+        several series in a list of files (``mixed_series``), several studies in a folder
+        (``several_studies``), no eligible series in a study folder
+        (``no_eligible_series``), a requested series absent.
     DicomDecodeError
         Pixel data that cannot be decoded or rescaled into int16 HU.
     DicomGeometryError
@@ -66,8 +74,37 @@ def load_volume(source: Source, *, series_uid: str | None = None) -> CTVolume:
     """
     flags: list[QCFlag] = []
     reads = _read_source(source, flags)
+    selection = None
+    if (series_uid is None and isinstance(source, str | os.PathLike)
+            and len({r.series for r in reads}) > 1):
+        reads, selection = _select(os.fspath(source), reads, flags)
     reads = _one_series(reads, series_uid)
-    return _assemble(reads, flags)
+    volume = _assemble(reads, flags)
+    return volume if selection is None else replace(volume, selection=selection)
+
+
+def _select(
+    folder: str, reads: list[_Keyed], flags: list[QCFlag]
+) -> tuple[list[_Keyed], SelectionDecision]:
+    """The reads of the series the selection rules choose in a study folder."""
+    from calcpipe.ingest.study import discover, no_eligible_series
+
+    found = discover(folder)
+    if len(found.studies) != 1:
+        raise DicomInputError(
+            f"the folder holds {len(found.studies)} studies: "
+            + ", ".join(c.study.study_key for c in found.studies), code="several_studies",
+            path=folder, attribute="StudyInstanceUID",
+            fix="pass one study folder, or series_uid=... to choose a series")
+    choice = found.studies[0]
+    chosen = choice.chosen
+    if chosen is None:
+        raise no_eligible_series(choice, folder)
+    keep = {os.path.abspath(u) for u in chosen.urls}
+    n_series = len(choice.study.series)
+    flags.append(QCFlag("series_selected", f"series {chosen.summary.series_id} chosen among "
+                        f"{n_series} series by the selection rules (see selection)"))
+    return [r for r in reads if os.path.abspath(r.path) in keep], choice.decision
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,7 +184,18 @@ def _keyed(read: FileRead, seen_series: set[str]) -> _Keyed:
                   read.dataset if first else None)
 
 
-def study_key(ds: Dataset, frames: Sequence[Frame]) -> str:
+class FrameFacts(Protocol):
+    """What the key rules read from a frame: a :class:`Frame`, or a header-only stand-in."""
+
+    @property
+    def sop_instance_uid(self) -> str: ...
+    @property
+    def pixel_spacing(self) -> tuple[float, ...]: ...
+    @property
+    def orientation(self) -> tuple[float, ...]: ...
+
+
+def study_key(ds: Dataset, frames: Sequence[FrameFacts]) -> str:
     """StudyInstanceUID, or the derived key documented in :mod:`calcpipe.keys`."""
     uid = str(ds.get("StudyInstanceUID", "") or "").strip()
     if uid:
@@ -162,7 +210,7 @@ def study_key(ds: Dataset, frames: Sequence[Frame]) -> str:
     return derived_uid("study", ["instances", *sorted(f.sop_instance_uid for f in frames)])
 
 
-def series_key(ds: Dataset, frames: Sequence[Frame]) -> str:
+def series_key(ds: Dataset, frames: Sequence[FrameFacts]) -> str:
     """SeriesInstanceUID, or the derived key documented in :mod:`calcpipe.keys`."""
     uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
     if uid:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from calcpipe.ingest.select import SelectionDecision
 
 
 @dataclass(frozen=True)
@@ -16,7 +20,8 @@ class QCFlag:
     Codes: ``duplicate_instances_dropped``, ``overlapping_slices``,
     ``slice_thickness_outside_2.5_3.0_mm``, ``slice_thickness_missing``,
     ``contrast_agent``, ``derived_study_uid``, ``derived_series_uid``,
-    ``derived_instance_uid``, ``pixel_padding``, ``rescale_rounded``.
+    ``derived_instance_uid``, ``pixel_padding``, ``rescale_rounded``,
+    ``non_dicom_files_skipped``, ``series_selected``.
     """
 
     code: str
@@ -92,6 +97,9 @@ class CTVolume:
     qc_flags : tuple of QCFlag
     source_files : tuple of str
         The files read, in slice order (internal use: may contain identifying paths).
+    selection : SelectionDecision or None
+        Set when the series was chosen among several of a study (which one, and why each
+        other series was rejected or out-ranked); None for a single series.
     """
 
     hu: npt.NDArray[np.int16]
@@ -104,6 +112,7 @@ class CTVolume:
     metadata: ScanMetadata
     qc_flags: tuple[QCFlag, ...] = field(default=())
     source_files: tuple[str, ...] = field(default=())
+    selection: SelectionDecision | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
