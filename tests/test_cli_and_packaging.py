@@ -41,7 +41,8 @@ def test_demo_round_trips_three_transfer_syntaxes(tmp_path):
                                  str(tmp_path / "absent")])
     assert result.exit_code == 0, result.output
     assert result.output.count("True") == 3 and "False" not in result.output
-    assert len(list((tmp_path / "demo").rglob("*.dcm"))) == 3 * 12
+    assert len(list((tmp_path / "demo").glob("series_*/*.dcm"))) == 3 * 12
+    assert "Synthetic cohort" in result.output and "CaSc" in result.output
 
 
 def test_catalog_template_ships_with_the_package():
