@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench bench-accuracy clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ bench: $(STAMP)
 	$(PY) bench/bench_scoring.py
 	$(PY) bench/bench_synthetic.py
 	$(PY) bench/bench_discovery.py
+	$(PY) bench/bench_segmentation.py
+
+# accuracy of the shipped model: about 10 minutes on 2 cores (outside CI)
+bench-accuracy: $(STAMP)
+	$(PY) bench/bench_accuracy.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache build *.egg-info

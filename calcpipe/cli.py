@@ -200,6 +200,38 @@ def qrm_report_command(
 
 
 @app.command()
+def train(
+    cohort: Path = typer.Argument(..., help="Cohort folder with _truth/labels/*.nii.gz."),
+    out: Path = typer.Option(Path("model.pt"), help="Checkpoint to write."),
+    steps: int = typer.Option(4000, min=1, help="Maximum optimisation steps."),
+    minutes: float = typer.Option(60.0, help="Wall-clock limit."),
+    base: int = typer.Option(8, help="Filters in the first block (the paper: 16)."),
+    depth: int = typer.Option(4, help="Down-sampling blocks."),
+    context: int = typer.Option(1, help="Neighbouring slices on each side as input."),
+    spacing: float = typer.Option(1.0, help="Model pixel spacing (mm)."),
+    patch: int = typer.Option(160, help="Training patch size (pixels)."),
+    batch: int = typer.Option(32, help="Patches per step."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    seed: int = typer.Option(0, help="Split and training seed."),
+    resume: bool = typer.Option(False, help="Resume from OUT's .resume.pt."),
+) -> None:
+    """Train the U-Net on a labelled cohort (patient split 60/20/20) and report test accuracy."""
+    import json
+
+    from calcpipe.models.accuracy import format_summary
+    from calcpipe.models.train import TrainConfig, train_from_cohort
+    from calcpipe.models.unet import UNetConfig
+
+    config = TrainConfig(unet=UNetConfig(base=base, depth=depth, context=context),
+                         model_spacing_mm=spacing, patch=patch, batch=batch, max_steps=steps,
+                         max_minutes=minutes, seed=seed, eval_every=max(1, min(200, steps)))
+    result = train_from_cohort(cohort, out, config, device=device, resume=resume,
+                               log=typer.echo)
+    typer.echo(format_summary(result["test"]))
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+
+
+@app.command()
 def profiles() -> None:
     """List the scoring profiles, with one example volume scored under each."""
     from calcpipe.scoring.comparison import comparison_table

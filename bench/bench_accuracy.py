@@ -1,0 +1,83 @@
+"""Accuracy of the shipped default model (``make bench-accuracy``, outside CI).
+
+1. A held-out synthetic cohort (seed 9001, never used in training; 100 studies by default)
+   rendered here, segmented on this CPU: per-patient Dice median (IQR) per class beside the
+   paper's, Agatston agreement for CAC and AC, risk-category kappa.
+2. The real scans in ../shared/data: CAC on the real chest CT (no visible coronary calcium;
+   expected about 0) and, on the real QRM phantom, insert calcium labelled as calcium and
+   calcium labelled outside the inserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from calcpipe.dicom import load_volume
+from calcpipe.models.accuracy import AccuracyReport, format_summary
+from calcpipe.models.segment import UNetSegmenter
+from calcpipe.scoring import score
+from calcpipe.synthetic import render_study, sample_spec
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TEST_SEED = 9001
+
+
+def _render(index: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float], float]:
+    spec = sample_spec(TEST_SEED, index)
+    rendered = render_study(spec)
+    return rendered.hu, rendered.labels, rendered.spacing_mm, spec.scanner.kvp
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--studies", type=int, default=100)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one core segments while the other renders the next studies
+    segmenter = UNetSegmenter.load("default", threads=1)
+    report = AccuracyReport()
+    with ProcessPoolExecutor(1) as pool:
+        for hu, truth, spacing, kvp in pool.map(_render, range(args.studies)):
+            result = segmenter.segment(hu, spacing, kvp=kvp)
+            report.add(truth, result.labels, hu, spacing, kvp, result.confidence)
+    print(f"held-out synthetic cohort (seed {TEST_SEED}), shipped default model, CPU:")
+    print(format_summary(report.summary()))
+    torch.set_num_threads(2)
+    chest = SHARED / "chest_ct_lung_pet_ct_dx" / "study_A0002" / "series_B40f"
+    qrm = SHARED / "qrm_phantom_canon"
+    if not chest.is_dir() or not qrm.is_dir():
+        print(f"(real-scan checks skipped: {SHARED} absent)")
+        return 0
+    volume = load_volume(chest)
+    labels = segmenter.segment(volume.hu, volume.spacing_mm, kvp=volume.metadata.kvp or 120)
+    cac = score(volume.hu, labels.labels, volume.spacing_mm).row("CAC").agatston
+    print(f"real chest CT (no visible coronary calcium): CAC {cac:.1f} AU "
+          f"(target <= 10: {'met' if cac <= 10 else 'MISSED'})")
+    volume = load_volume(qrm / "dicom")
+    labels = segmenter.segment(volume.hu, volume.spacing_mm, kvp=120).labels
+    yy, xx = np.mgrid[: volume.hu.shape[1], : volume.hu.shape[2]]
+    inserts = np.zeros(volume.hu.shape, dtype=bool)
+    with open(qrm / "inserts.csv", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            disc = ((yy - int(row["centre_row"])) * volume.spacing_mm[1]) ** 2 + (
+                (xx - int(row["centre_col"])) * volume.spacing_mm[2]) ** 2 <= float(
+                row["roi_radius_mm"]) ** 2
+            inserts[int(row["slice_first"]) : int(row["slice_last"]) + 1, disc] = True
+    calcium = volume.hu >= 130
+    inside = int((calcium & inserts).sum())
+    labelled_inside = int(((labels > 0) & inserts).sum())
+    outside = int(((labels > 0) & ~inserts).sum())
+    print(f"real QRM phantom: {labelled_inside} of {inside} insert calcium voxels labelled; "
+          f"{outside} voxels labelled outside the inserts (target: all and 0: "
+          f"{'met' if labelled_inside == inside and outside == 0 else 'MISSED'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

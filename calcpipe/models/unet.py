@@ -1,0 +1,82 @@
+"""The paper's 2-D U-Net, configurable in width, depth, convolutions per block and the
+number of neighbouring slices given as input channels (2.5-D context).
+
+Singh et al. 2021: encoder blocks of (conv, batch norm, ReLU, max-pool) starting at 16
+filters and doubling; four decoder blocks of (transposed conv, concatenation with the
+encoder features, conv, batch norm, ReLU); a final 1x1 convolution to n+1 classes
+(softmax in the loss); He-uniform initialisation. ``UNetConfig()`` with ``base=16``,
+``depth=4``, ``convs_per_block=1``, ``context=0`` is that network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    n_classes: int = 8  # background + the seven canonical labels
+    base: int = 16
+    depth: int = 4
+    convs_per_block: int = 1
+    context: int = 0  # neighbouring slices on each side: in_channels = 2 * context + 1
+
+    @property
+    def in_channels(self) -> int:
+        return 2 * self.context + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _block(in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3,
+                             padding=1, bias=False),
+                   nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    """Input (N, 2*context+1, H, W) with H and W multiples of 2**depth; output logits
+    (N, n_classes, H, W)."""
+
+    def __init__(self, config: UNetConfig = UNetConfig()) -> None:
+        super().__init__()
+        self.config = config
+        widths = [config.base * 2**i for i in range(config.depth + 1)]
+        self.encoders = nn.ModuleList()
+        previous = config.in_channels
+        for width in widths[:-1]:
+            self.encoders.append(_block(previous, width, config.convs_per_block))
+            previous = width
+        self.pool = nn.MaxPool2d(2)
+        self.bottleneck = _block(widths[-2], widths[-1], config.convs_per_block)
+        self.ups = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for width in reversed(widths[:-1]):
+            self.ups.append(nn.ConvTranspose2d(width * 2, width, 2, stride=2))
+            self.decoders.append(_block(width * 2, width, config.convs_per_block))
+        self.head = nn.Conv2d(widths[0], config.n_classes, 1)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+                nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")  # He uniform
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bottleneck(x)
+        for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips), strict=True):
+            x = decoder(torch.cat([up(x), skip], dim=1))
+        out: torch.Tensor = self.head(x)
+        return out

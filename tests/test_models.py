@@ -1,0 +1,126 @@
+"""The U-Net, pre-processing, segmenters, checkpoints and a training smoke run."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from calcpipe.models import checkpoint as ckpt
+from calcpipe.models.preprocess import (
+    body_box,
+    context_stack,
+    hu_transform,
+    labels_to_model_grid,
+    to_model_grid,
+)
+from calcpipe.models.segment import ThresholdSegmenter, UNetSegmenter
+from calcpipe.models.train import TrainConfig, prepare_study, split_patients, train
+from calcpipe.models.unet import UNet, UNetConfig
+from calcpipe.synthetic import render_study, sample_spec
+
+
+def test_unet_shapes_and_paper_configuration():
+    paper = UNet(UNetConfig())
+    assert paper.config.base == 16 and paper.config.depth == 4
+    assert paper(torch.zeros(2, 1, 64, 48)).shape == (2, 8, 64, 48)
+    context = UNet(UNetConfig(base=4, context=2, convs_per_block=2))
+    assert context(torch.zeros(1, 5, 32, 32)).shape == (1, 8, 32, 32)
+    first = paper.encoders[0][0].weight.detach()
+    bound = np.sqrt(6 / (first.shape[1] * 9))  # He uniform: U(-b, b), b = sqrt(6 / fan_in)
+    assert float(first.abs().max()) <= bound and float(first.std()) > bound / 4
+
+
+def test_hu_transform_is_fixed_per_voxel():
+    a = np.array([[-2000, 0, 130, 3000]])
+    b = np.array([[-2000, 0, 130, 0]])
+    np.testing.assert_array_equal(hu_transform(a)[0, :3], hu_transform(b)[0, :3])
+    np.testing.assert_allclose(hu_transform(a)[0], [-2.0, 0.0, 0.26, 3.0])
+
+
+def test_body_crop_never_cuts_calcium():
+    for index in range(3):
+        rendered = render_study(sample_spec(21, index, matrix=128))
+        r0, r1, c0, c1 = body_box(rendered.hu, rendered.spacing_mm[1:])
+        _z, r, c = np.nonzero(rendered.labels)
+        assert np.all((r >= r0) & (r < r1) & (c >= c0) & (c < c1))
+    # calcium at the very edge of the body, next to the skin, stays inside the crop too
+    hu = np.full((3, 64, 64), -1000, np.int16)
+    hu[:, 10:50, 12:52] = 40
+    hu[1, 10, 12] = 600
+    r0, r1, c0, c1 = body_box(hu, (1.0, 1.0))
+    assert r0 <= 10 < r1 and c0 <= 12 < c1
+
+
+def test_model_grid_targets_keep_every_calcium_spot():
+    rendered = render_study(sample_spec(22, 1, matrix=256))
+    x, grid = to_model_grid(rendered.hu, rendered.spacing_mm, model_spacing_mm=1.0, stride=16)
+    assert x.shape[1] % 16 == 0 and x.shape[2] % 16 == 0
+    target = labels_to_model_grid(rendered.labels, grid)
+    for k in np.flatnonzero(rendered.labels.any(axis=(1, 2))):
+        assert set(np.unique(rendered.labels[k])) == set(np.unique(target[k]))
+    assert context_stack(x, 1).shape == (x.shape[0], 3, *x.shape[1:])
+
+
+def test_threshold_segmenter_labels_only_calcium():
+    hu = np.array([[[100, 130, 145, 150]]], dtype=np.int16)
+    roi = np.full(hu.shape, 2, dtype=np.uint8)
+    assert ThresholdSegmenter(roi).segment(hu, (3, 1, 1)).labels.tolist() == [[[0, 2, 2, 2]]]
+    assert ThresholdSegmenter(roi).segment(hu, (3, 1, 1), kvp=100).labels.tolist() == [
+        [[0, 0, 0, 2]]]
+
+
+def test_shipped_model_loads_verified_and_segments_deterministically():
+    checkpoint = ckpt.load_checkpoint("default")
+    payload = checkpoint.payload
+    assert payload["classes"]["2"] == "LAD" and payload["spacing_mm"] == 1.0
+    assert "synthetic" in payload["training"]["data"]
+    assert ckpt.default_path().stat().st_size < 20 * 2**20
+    segmenter = UNetSegmenter(checkpoint, threads=2)
+    rendered = render_study(sample_spec(31, 3, matrix=128))
+    first = segmenter.segment(rendered.hu, rendered.spacing_mm)
+    again = segmenter.segment(rendered.hu, rendered.spacing_mm)
+    np.testing.assert_array_equal(first.labels, again.labels)
+    assert np.all(rendered.hu[first.labels > 0] >= 130)
+    assert first.confidence is None or 0 < first.confidence <= 1
+    assert first.model_checksum == checkpoint.sha256
+
+
+def test_damaged_shipped_model_is_refused(tmp_path, monkeypatch):
+    damaged = tmp_path / "default.pt"
+    shutil.copy(ckpt.default_path(), damaged)
+    shutil.copy(ckpt.default_path().with_suffix(".sha256"), tmp_path / "default.sha256")
+    with open(damaged, "r+b") as fh:
+        fh.seek(200)
+        fh.write(b"\x00\x01\x02\x03")
+    monkeypatch.setattr(ckpt, "default_path", lambda: damaged)
+    with pytest.raises(ValueError, match="checksum"):
+        ckpt.load_checkpoint("default")
+
+
+def test_patient_split_is_60_20_20_and_disjoint():
+    keys = [f"p{i}" for i in range(10)]
+    train_keys, val_keys, test_keys = split_patients(keys, seed=1)
+    assert (len(train_keys), len(val_keys), len(test_keys)) == (6, 2, 2)
+    assert sorted(train_keys + val_keys + test_keys) == sorted(keys)
+    assert split_patients(keys, seed=1) == (train_keys, val_keys, test_keys)
+
+
+def test_training_smoke_run_writes_an_auditable_checkpoint(tmp_path):
+    config = TrainConfig(unet=UNetConfig(base=4, depth=3, context=1), model_spacing_mm=2.0,
+                         patch=64, batch=4, max_steps=6, eval_every=3)
+    studies = [render_study(sample_spec(41, i, matrix=96)) for i in range(3)]
+    prepared = [prepare_study(str(i), r.hu, r.labels, r.spacing_mm, config)
+                for i, r in enumerate(studies)]
+    result = train(prepared[:2], prepared[2:], config, tmp_path / "m.pt",
+                   description={"data": "smoke"}, log=lambda _: None)
+    assert result["steps"] == 6 and len(result["history"]) == 2
+    loaded = ckpt.load_checkpoint(tmp_path / "m.pt")
+    assert loaded.payload["config"]["base"] == 4
+    assert loaded.payload["hu_transform"] == {"clip": [-1000.0, 1500.0], "scale": 500.0}
+    assert loaded.payload["training"]["data"] == "smoke"
+    resumed = train(prepared[:2], prepared[2:], config, tmp_path / "m.pt",
+                    description={"data": "smoke"}, resume=True, log=lambda _: None)
+    assert resumed["steps"] == 6  # already finished: nothing more to do
