@@ -137,8 +137,9 @@ def test_qrm_mass_calibration_from_the_rods(shared_data):
 
 def test_qrm_replica_against_the_real_scan(shared_data):
     """The simulator's QRM replica scored like the real scan. Large and medium inserts
-    land within 20 % of the real scan's FQM Agatston and volume (most within 15 %, see
-    `calcpipe qrm-report`); the small inserts keep the real detection pattern."""
+    land within 20 % of the real scan's FQM Agatston and volume (seed 0: all within 15 %;
+    over noise seeds 0-3 the worst is 17 %, see `calcpipe qrm-report --seed N`); the small
+    inserts keep the real detection pattern."""
     from calcpipe.synthetic.qrm import format_report, qrm_report
 
     rows = qrm_report(shared_data / "qrm_phantom_canon" / "reference.csv", seed=0)

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 #: HU contrast of HA over its surroundings at 120 kVp, piecewise linear through points
 #: fitted to the QRM inserts' scores (mg HA/cm^3, HU); extrapolated with the last slope
-HA_CONTRAST_120KVP = ((0.0, 0.0), (100.0, 105.0), (200.0, 250.0), (400.0, 515.0), (800.0, 1120.0))
+HA_CONTRAST_120KVP = ((0.0, 0.0), (100.0, 105.0), (200.0, 255.0), (400.0, 500.0), (800.0, 1120.0))
 #: slice sensitivity profile: the nominal thickness convolved with a Gaussian of this
 #: sigma (mm), which puts signal of a 3 mm object into the neighbouring 3 mm slices as
 #: the real scan shows
