@@ -134,10 +134,8 @@ def _read_source(source: Source, flags: list[QCFlag]) -> list[_Keyed]:
         paths = source
     seen: set[str] = set()
     reads = []
-    for read in _read_many([os.fspath(p) for p in paths]):
-        if isinstance(read, Exception):
-            raise read
-        reads.append(_keyed(read, seen))
+    for p in paths:
+        reads.append(_keyed(read_file(p), seen))
     if not reads:
         raise DicomInputError("no files were given", code="no_files",
                               fix="pass a series folder or a non-empty list of files")
@@ -145,14 +143,18 @@ def _read_source(source: Source, flags: list[QCFlag]) -> list[_Keyed]:
 
 
 def _read_folder(folder: str, flags: list[QCFlag]) -> list[_Keyed]:
+    # Files are read one after another: a thread pool measured slower (header parsing
+    # holds the GIL); parallelism belongs to the pipeline, across studies.
     reads, skipped, seen = [], 0, set[str]()
-    for _path, read in zip(paths := list_files(folder), _read_many(paths), strict=True):
-        if isinstance(read, DicomInputError):
-            if read.code != "not_dicom":
-                raise read
+    for path in list_files(folder):
+        try:
+            read = read_file(path)
+        except DicomInputError as e:
+            if e.code != "not_dicom":
+                raise
             skipped += 1
-        else:
-            reads.append(_keyed(read, seen))
+            continue
+        reads.append(_keyed(read, seen))
     if skipped:
         flags.append(QCFlag("non_dicom_files_skipped",
                             f"{skipped} file(s) in the folder are not DICOM and were ignored"))
@@ -160,19 +162,6 @@ def _read_folder(folder: str, flags: list[QCFlag]) -> list[_Keyed]:
         raise DicomInputError("the folder holds no DICOM files", code="no_files", path=folder,
                               fix="point at the folder that holds the series' .dcm files")
     return reads
-
-
-def _read_one(path: str) -> FileRead | DicomInputError:
-    try:
-        return read_file(path)
-    except DicomInputError as e:
-        return e
-
-
-def _read_many(paths: list[str]) -> list[FileRead | DicomInputError]:
-    """Read files one after another. Measured: a thread pool is slower here (header
-    parsing holds the GIL); parallelism belongs to the pipeline, across studies."""
-    return [_read_one(p) for p in paths]
 
 
 def _keyed(read: FileRead, seen_series: set[str]) -> _Keyed:
