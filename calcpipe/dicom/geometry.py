@@ -144,3 +144,15 @@ def affine_from(
     affine[:3, 2] = orientation[:3] * pixel_spacing[1]
     affine[:3, 3] = first_position
     return affine
+
+
+def axial_affine(origin_mm: npt.ArrayLike, spacing_mm: tuple[float, float, float],
+                 n_slices: int) -> npt.NDArray[np.float64]:
+    """:func:`affine_from` for a standard axial stack (orientation 1,0,0,0,1,0) starting at
+    ``origin_mm`` and stepping +z by ``spacing_mm[0]``."""
+    if n_slices < 2:
+        raise ValueError(f"n_slices={n_slices}: a stack needs at least two slices")
+    first = np.asarray(origin_mm, dtype=np.float64)
+    last = first + np.array([0.0, 0.0, spacing_mm[0] * (n_slices - 1)])
+    orientation = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    return affine_from(first, last, n_slices, orientation, (spacing_mm[1], spacing_mm[2]))

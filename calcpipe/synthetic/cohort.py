@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from calcpipe.dicom.geometry import axial_affine
 from calcpipe.dicom.writer import stable_uid, write_series
 from calcpipe.scoring import score
 from calcpipe.synthetic.render import RenderedStudy, render_study
@@ -38,16 +39,6 @@ class StudyOptions:
     shuffled_names: bool = False
     transfer_syntax: str | None = None  # e.g. JPEG 2000 lossless
     corrupt_file: bool = False
-
-
-def _affine(rendered: RenderedStudy) -> np.ndarray:
-    dz, dy, dx = rendered.spacing_mm
-    affine = np.eye(4)
-    affine[:3, 0] = (0, 0, dz)
-    affine[:3, 1] = (0, dy, 0)
-    affine[:3, 2] = (dx, 0, 0)
-    affine[:3, 3] = rendered.origin_mm
-    return affine
 
 
 def _dicom_attributes(spec: StudySpec, kernel: str, phase: float) -> dict[str, Any]:
@@ -89,7 +80,8 @@ def write_study(spec: StudySpec, out_dir: str | Path,
     labels_dir = out / "_truth" / "labels"
     labels_dir.mkdir(parents=True, exist_ok=True)
     (labels_dir / f"{study_uid}.nii.gz").write_bytes(nifti_bytes(rendered.labels,
-                                                                 _affine(rendered)))
+                                                                 axial_affine(
+        rendered.origin_mm, rendered.spacing_mm, rendered.hu.shape[0])))
     result = score(rendered.hu, rendered.labels, rendered.spacing_mm, kvp=scanner.kvp,
                    mass_calibration=rendered.c_ha)
     rows = []

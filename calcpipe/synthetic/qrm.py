@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from calcpipe.dicom.geometry import axial_affine
 from calcpipe.dicom.volume import CTVolume, Gating, ScanMetadata
 from calcpipe.dicom.writer import stable_uid
 from calcpipe.synthetic import physics
@@ -111,9 +112,7 @@ def qrm_phantom(seed: int = 0, *, noise: bool = True
     if noise:
         hu += physics.correlated_noise(SHAPE, NOISE_SD_HU, grain_px=physics.NOISE_GRAIN_PX, rng=rng)
     hu_int = np.clip(np.rint(hu), -2048, 3071).astype(np.int16)
-    affine = np.eye(4)
-    affine[:3, 0], affine[:3, 1], affine[:3, 2] = (0, 0, dz), (0, dy, 0), (dx, 0, 0)
-    affine[:3, 3] = ORIGIN_MM
+    affine = axial_affine(ORIGIN_MM, SPACING_MM, SHAPE[0])
     metadata = ScanMetadata(
         age_years=None, sex=None, study_date=dt.date(2024, 1, 1), kvp=120.0,
         exposure_mas=84.0, manufacturer="calcpipe", manufacturer_model="QRM replica",
