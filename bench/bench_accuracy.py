@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ from calcpipe.models.accuracy import AccuracyReport, format_summary
 from calcpipe.models.segment import UNetSegmenter
 from calcpipe.scoring import score
 from calcpipe.synthetic import render_study, sample_spec
+from calcpipe.synthetic.qrm import insert_labels
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TEST_SEED = 9001
@@ -61,14 +61,7 @@ def main() -> int:
           f"(target <= 10: {'met' if cac <= 10 else 'MISSED'})")
     volume = load_volume(qrm / "dicom")
     labels = segmenter.segment(volume.hu, volume.spacing_mm, kvp=120).labels
-    yy, xx = np.mgrid[: volume.hu.shape[1], : volume.hu.shape[2]]
-    inserts = np.zeros(volume.hu.shape, dtype=bool)
-    with open(qrm / "inserts.csv", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            disc = ((yy - int(row["centre_row"])) * volume.spacing_mm[1]) ** 2 + (
-                (xx - int(row["centre_col"])) * volume.spacing_mm[2]) ** 2 <= float(
-                row["roi_radius_mm"]) ** 2
-            inserts[int(row["slice_first"]) : int(row["slice_last"]) + 1, disc] = True
+    inserts = insert_labels(qrm / "inserts.csv", volume.hu.shape, volume.spacing_mm)[0] > 0
     calcium = volume.hu >= 130
     inside = int((calcium & inserts).sum())
     labelled_inside = int(((labels > 0) & inserts).sum())

@@ -72,19 +72,10 @@ def test_chest_ct_two_kernels_selection_picks_the_soft_kernel(shared_data):
 
 
 def _qrm_inserts(shared_data, volume):
-    import csv
+    from calcpipe.synthetic.qrm import insert_labels
 
-    rows = list(csv.DictReader(open(shared_data / "qrm_phantom_canon" / "inserts.csv")))
-    labels = np.zeros(volume.hu.shape, dtype=np.uint8)
-    _, dy, dx = volume.spacing_mm
-    yy, xx = np.mgrid[: volume.hu.shape[1], : volume.hu.shape[2]]
-    names = {}
-    for value, row in enumerate(rows, start=1):
-        disc = ((yy - int(row["centre_row"])) * dy) ** 2 + (
-            (xx - int(row["centre_col"])) * dx) ** 2 <= float(row["roi_radius_mm"]) ** 2
-        labels[int(row["slice_first"]) : int(row["slice_last"]) + 1, disc] = value
-        names[value] = row["insert"]
-    return labels, names
+    return insert_labels(shared_data / "qrm_phantom_canon" / "inserts.csv", volume.hu.shape,
+                         volume.spacing_mm)
 
 
 def test_qrm_standard_profile_reproduces_fqm_reference(shared_data):

@@ -74,6 +74,25 @@ def _cylinder_occupancy(row: float, col: float, z_mm: float, radius_mm: float,
     return (slice(k0, k1), slice(j0, j1), slice(i0, i1)), occupancy.astype(np.float32)
 
 
+def insert_labels(inserts_csv: str | Path, shape: tuple[int, int, int],
+                  spacing_mm: tuple[float, float, float]
+                  ) -> tuple[npt.NDArray[np.uint8], dict[int, str]]:
+    """The real scan's regions of interest from its ``inserts.csv``: one label per insert
+    (a disc of ``roi_radius_mm`` around the centre, over ``slice_first``..``slice_last``),
+    and the map from label value to insert name."""
+    _, dy, dx = spacing_mm
+    yy, xx = np.mgrid[: shape[1], : shape[2]]
+    labels = np.zeros(shape, dtype=np.uint8)
+    names = {}
+    with open(inserts_csv, encoding="utf-8") as fh:
+        for value, row in enumerate(csv.DictReader(fh), start=1):
+            disc = ((yy - int(row["centre_row"])) * dy) ** 2 + (
+                (xx - int(row["centre_col"])) * dx) ** 2 <= float(row["roi_radius_mm"]) ** 2
+            labels[int(row["slice_first"]) : int(row["slice_last"]) + 1, disc] = value
+            names[value] = row["insert"]
+    return labels, names
+
+
 def qrm_phantom(seed: int = 0, *, noise: bool = True
                 ) -> tuple[CTVolume, npt.NDArray[np.uint8], dict[int, str]]:
     """The replica as a CTVolume, a label map with one label per insert, and the names.
