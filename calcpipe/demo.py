@@ -38,8 +38,8 @@ def demo_volume(shape: tuple[int, int, int] = (12, 128, 128)) -> np.ndarray:
 def synthetic_part(out: Path, console: Console) -> None:
     """Synthetic cohort -> discovery and selection -> load -> score, against the truth.
 
-    The segmentation network is not built yet: the cohort's truth label maps stand in for
-    its output, so this shows every other stage end to end.
+    The cohort's truth label maps stand in for the segmentation network (the shipped model
+    is trained on synthetic data only), so the scores can be checked against the truth.
     """
     import pyarrow.parquet as pq
 
@@ -104,5 +104,5 @@ def run_demo(out: Path, shared_data: Path, console: Console) -> None:
         real.add_row(name, "loaded", f"{volume.shape} spacing {spacing} "
                      f"HU {volume.hu.min()}..{volume.hu.max()}; {flags}")
     console.print(real)
-    console.print("Not built yet: the U-Net segmenter, the Prefect/Dask cohort pipeline "
-                  "(calcpipe score), evaluation and deployment (see README).")
+    console.print("Not built yet: the Prefect/Dask cohort pipeline (calcpipe score), "
+                  "evaluation and deployment; the shipped U-Net is synthetic-only (see README).")
