@@ -90,7 +90,12 @@ def scan_headers(
         (``not_dicom``, ``empty_file``, ``truncated``, ``unreadable``).
     """
     fs, root = open_filesystem(source, storage_options)
-    candidates = list_candidates(fs, root)
+    return read_headers(fs, list_candidates(fs, root))
+
+
+def read_headers(fs: Any, candidates: list[tuple[str, dict[str, Any]]]) -> HeaderScan:
+    """Headers of the given ``(path, info)`` objects of ``fs`` (as :func:`list_candidates`
+    gives them), in batches of :data:`BATCH_FILES` concurrent ranged reads."""
     headers: list[InstanceHeader] = []
     skipped: list[SkippedFile] = []
     for start in range(0, len(candidates), BATCH_FILES):

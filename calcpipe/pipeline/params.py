@@ -1,0 +1,88 @@
+"""Parameters of a cohort scoring run, validated with pydantic (no secrets in here)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Environment variable holding the pseudonymisation secret (never a parameter).
+SECRET_ENV = "CALCPIPE_PSEUDONYM_KEY"
+
+
+class ScoreParams(BaseModel):
+    """What ``calcpipe score`` runs.
+
+    ``source`` and ``out`` are local paths or fsspec URLs. ``cluster`` is ``"local"`` (a
+    ``distributed.LocalCluster`` of ``workers`` processes), ``"local-threads"`` (one process,
+    ``workers`` threads) or the address of an existing Dask scheduler
+    (``tcp://host:8786``). ``storage_options`` are fsspec options for both source and out
+    (e.g. an S3 ``endpoint_url``); put credentials in the environment, not here.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str
+    out: str
+    cohort: str = "cohort"
+    model: str = "default"
+    profile: str = "standard"
+    shard_size: int = Field(200, ge=1, le=100_000)
+    in_flight: int = Field(8, ge=1, le=10_000)
+    cluster: str = "local"
+    workers: int = Field(2, ge=1, le=4096)
+    device: str = "auto"
+    precision: str = "fp32"
+    rescore: bool = False
+    retry_failed: bool = False
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("source", "out")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must be a path or URL")
+        return value if "://" in value else os.path.abspath(value)
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, value: str) -> str:
+        from calcpipe.scoring import get_profile
+
+        get_profile(value)  # KeyError -> validation error naming the profiles
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, value: str) -> str:
+        if value not in {"fp32", "bf16"}:
+            raise ValueError("precision is fp32 or bf16")
+        return value
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str) -> str:
+        if value in {"local", "local-threads"} or "://" in value:
+            return value
+        raise ValueError("cluster is 'local', 'local-threads' or a scheduler address "
+                         "like tcp://host:8786")
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for banned in ("secret", "key", "token", "password"):
+            if banned in value:
+                raise ValueError(f"storage_options must not hold {banned!r}: it would be "
+                                 "stored in run records; use the environment "
+                                 "(AWS_ACCESS_KEY_ID, ...) instead")
+        return value
+
+    def public(self) -> dict[str, Any]:
+        """Parameters as recorded in the ``runs`` table."""
+        return self.model_dump(mode="json")
+
+
+def secret_from_env() -> bytes | None:
+    value = os.environ.get(SECRET_ENV, "")
+    return value.encode("utf-8") if value else None

@@ -1,0 +1,247 @@
+"""One run of the cohort pipeline: index -> plan -> score -> commit -> report.
+
+:class:`Run` holds the stages; the Prefect flow (``calcpipe.flows.score_cohort``) calls
+them as tasks and fans work out on Dask, and :func:`run_single_process` calls them in one
+process (the reference the flow's rows are tested against).
+
+Commit protocol (per shard, one writer: the flow process): ``failures`` rows; then, for
+the results scored, any leftover ``lesions``/``vessel_scores`` rows of the same results
+(from an attempt that died half-way) are deleted, the new rows appended, and
+``study_scores`` appended last. Each append is one Delta commit; a result exists once its
+``study_scores`` row does, and the catalog's views join on it, so readers never see half a
+result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from calcpipe import __version__
+from calcpipe.pipeline.index import IndexResult, ListedObject, index, read_batch
+from calcpipe.pipeline.params import ScoreParams
+from calcpipe.pipeline.plan import Plan, Provenance, StudyItem, plan
+from calcpipe.pipeline.work import StudyOutcome
+from calcpipe.tables.schemas import RESULT_TABLES, SCHEMA_VERSION, to_table
+from calcpipe.tables.store import TableStore
+
+
+@dataclass
+class RunCounts:
+    objects_listed: int = 0
+    headers_read: int = 0
+    studies_found: int = 0
+    studies_planned: int = 0
+    studies_skipped: int = 0
+    studies_scored: int = 0
+    studies_failed: int = 0
+    failure_codes: Counter[str] = field(default_factory=Counter)
+    timings: dict[str, float] = field(default_factory=lambda: {
+        "index_s": 0.0, "plan_s": 0.0, "score_s": 0.0})
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"calcpipe": __version__}
+    for name in ("numpy", "pydicom", "torch", "pyarrow", "deltalake", "dask", "distributed",
+                 "prefect"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def resolve_model(model: str) -> tuple[str, str]:
+    """(model_id, checksum) of a model spec, without building the network."""
+    from calcpipe.models.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(model)
+    return checkpoint.model_id, checkpoint.sha256
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_segmenter(model: str, device: str, precision: str, threads: int | None) -> Any:
+    from calcpipe.models.segment import UNetSegmenter
+
+    return UNetSegmenter.load(model, device=resolve_device(device), precision=precision,
+                              threads=threads)
+
+
+class Run:
+    """The state of one run and its stages (no Prefect, no cluster in here)."""
+
+    def __init__(self, params: ScoreParams, secret: bytes | None,
+                 run_id: str | None = None) -> None:
+        self.params = params
+        self.secret = secret
+        self.run_id = run_id or uuid.uuid4().hex
+        self.started_at = dt.datetime.now(dt.UTC)
+        self.store = TableStore(params.out, params.storage_options or None)
+        self.counts = RunCounts()
+        self.report_markdown = ""
+        model_id, checksum = resolve_model(params.model)
+        device = resolve_device(params.device)
+        self.provenance = Provenance(__version__, model_id, checksum, params.profile,
+                                     device, params.precision if device != "cpu" or
+                                     params.precision == "fp32" else "fp32", self.run_id)
+
+    # -- index -----------------------------------------------------------------------
+    def index(self, map_batches: Callable[[list[list[ListedObject]]],
+                                          list[list[dict[str, Any]]]]) -> IndexResult:
+        start = time.perf_counter()
+        known = self.store.read("dicom_instances").to_pylist()
+        result = index(self.params.source, self.params.storage_options or None, known,
+                       secret=self.secret, run_id=self.run_id, map_batches=map_batches)
+        self.store.append("dicom_instances", to_table("dicom_instances", result.new_rows))
+        self.counts.objects_listed = result.objects_listed
+        self.counts.headers_read = result.headers_read
+        self.counts.timings["index_s"] += time.perf_counter() - start
+        return result
+
+    def read_batch(self, objects: list[ListedObject]) -> list[dict[str, Any]]:
+        return read_batch(self.params.source, self.params.storage_options or None, objects,
+                          self.secret, self.run_id)
+
+    # -- plan ------------------------------------------------------------------------
+    def plan(self, indexed: IndexResult) -> Plan:
+        start = time.perf_counter()
+        committed = self.store.read("study_scores", ["result_id", "study_key",
+                                                     "input_fingerprint", "model_checksum",
+                                                     "device", "precision", "scored_at",
+                                                     "segmentation_confidence"])
+        failures = self.store.read("failures", ["result_id"]).column("result_id").to_pylist()
+        seen = self.store.read("series", ["study_key", "input_fingerprint"]).to_pylist()
+        result = plan(indexed.headers, self.provenance,
+                      committed=set(committed.column("result_id").to_pylist()),
+                      failed_attempts=Counter(failures),
+                      seen_fingerprints={(r["study_key"], r["input_fingerprint"])
+                                         for r in seen},
+                      retry_failed=self.params.retry_failed)
+        if self.params.rescore:
+            self._masks_for_rescore(result, committed.to_pylist())
+        self.store.append("series", to_table("series", result.series_rows))
+        self.store.append("failures", to_table("failures", result.failures))
+        self.counts.studies_found = result.studies_found
+        self.counts.studies_planned = len(result.items)
+        self.counts.studies_skipped = result.skipped
+        self._count_failures(result.failures)
+        self.counts.timings["plan_s"] += time.perf_counter() - start
+        return result
+
+    def _masks_for_rescore(self, result: Plan, committed: list[dict[str, Any]]) -> None:
+        """Keep the studies whose stored mask came from this model on these inputs (the
+        latest such result gives device and precision); the others fail."""
+        from calcpipe.pipeline.plan import failure_row
+
+        made: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in sorted(committed, key=lambda r: r["scored_at"]):
+            if row["model_checksum"] == self.provenance.model_checksum:
+                made[(row["study_key"], row["input_fingerprint"])] = row
+        kept = []
+        for item in result.items:
+            row = made.get((item.study_key, item.input_fingerprint))
+            if row is None:
+                result.failures.append(failure_row(
+                    item.result_id, item.study_key, item.input_fingerprint, "plan",
+                    "no_stored_mask", "no mask of this model for these inputs to re-score",
+                    None, "run calcpipe score without --rescore first", attempt=item.attempt,
+                    provenance=self.provenance, when=dt.datetime.now(dt.UTC)))
+            else:
+                kept.append(replace(item, device=row["device"], precision=row["precision"],
+                                    confidence=row["segmentation_confidence"]))
+        result.items = kept
+
+    # -- commit ----------------------------------------------------------------------
+    def commit(self, outcomes: Iterable[StudyOutcome]) -> None:
+        """Commit one shard's outcomes (see the module docstring for the protocol)."""
+        start = time.perf_counter()
+        outcomes = sorted(outcomes, key=lambda o: o.result_id)
+        failures = [o.failure for o in outcomes if o.failure is not None]
+        scored = [o for o in outcomes if o.study_row is not None]
+        self.store.append("failures", to_table("failures", failures))
+        self._count_failures(failures)
+        ids = [o.result_id for o in scored]
+        for name in RESULT_TABLES:
+            left = self.store.dataset(name).to_table(columns=["result_id"]).column(
+                "result_id").to_pylist()
+            stale = sorted(set(left) & set(ids))
+            if stale:
+                self.store.delete_results(name, stale)
+        self.store.append("lesions", to_table(
+            "lesions", [r for o in scored for r in o.lesion_rows]))
+        self.store.append("vessel_scores", to_table(
+            "vessel_scores", [r for o in scored for r in o.vessel_rows]))
+        self.store.append("study_scores", to_table(
+            "study_scores", [o.study_row for o in scored if o.study_row is not None]))
+        self.counts.studies_scored += len(scored)
+        self.counts.timings["score_s"] += time.perf_counter() - start
+
+    def _count_failures(self, failures: list[dict[str, Any]]) -> None:
+        self.counts.studies_failed += len(failures)
+        self.counts.failure_codes.update(f["code"] for f in failures)
+
+    # -- finish ----------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Append the ``runs`` row, render the catalog, write the report; the row."""
+        from calcpipe.catalog import render_catalog
+        from calcpipe.pipeline.report import write_report
+
+        finished = dt.datetime.now(dt.UTC)
+        c = self.counts
+        row = {
+            "run_id": self.run_id, "cohort": self.params.cohort,
+            "mode": "rescore" if self.params.rescore else "score",
+            "started_at": self.started_at, "finished_at": finished,
+            "parameters_json": json.dumps(self.params.public(), sort_keys=True),
+            "versions_json": json.dumps(versions(), sort_keys=True),
+            "pseudonymised": self.secret is not None,
+            "objects_listed": c.objects_listed, "headers_read": c.headers_read,
+            "studies_found": c.studies_found, "studies_planned": c.studies_planned,
+            "studies_skipped": c.studies_skipped, "studies_scored": c.studies_scored,
+            "studies_failed": c.studies_failed, **c.timings,
+            "total_s": (finished - self.started_at).total_seconds(),
+            "schema_version": SCHEMA_VERSION,
+        }
+        self.store.append("runs", to_table("runs", [row]))
+        render_catalog(self.params.out, self.params.storage_options or None)
+        write_report(self, row)
+        return row
+
+
+def run_single_process(params: ScoreParams, secret: bytes | None = None,
+                       threads: int | None = None) -> dict[str, Any]:
+    """The whole pipeline in this process, without Prefect or Dask; the ``runs`` row."""
+    from calcpipe.pipeline.work import score_study
+
+    run = Run(params, secret)
+    indexed = run.index(lambda batches: [run.read_batch(b) for b in batches])
+    planned = run.plan(indexed)
+    segmenter = None if params.rescore else load_segmenter(
+        params.model, params.device, params.precision, threads)
+    for shard in planned.shards(params.shard_size):
+        start = time.perf_counter()
+        outcomes = [score_study(item, segmenter, run.provenance, out_root=run.store.root,
+                                storage_options=params.storage_options or None,
+                                secret=secret) for item in shard]
+        run.counts.timings["score_s"] += time.perf_counter() - start
+        run.commit(outcomes)
+    return run.finish()
+
+
+def shard_items(items: list[StudyItem], size: int) -> list[list[StudyItem]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]

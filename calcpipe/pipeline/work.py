@@ -1,0 +1,177 @@
+"""Score stage, per study (runs on a worker): read the series, segment, score, keep the mask.
+
+:func:`score_study` never raises for a bad study: it returns a :class:`StudyOutcome` with
+either the rows of the result or one ``failures`` row whose message holds no object path.
+It is idempotent: a re-run (a worker died, a retry) writes the same mask bytes to the same
+place and returns the same rows but for timestamps.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from calcpipe.pipeline.plan import Provenance, StudyItem, failure_row
+from calcpipe.tables.store import join
+
+if TYPE_CHECKING:
+    from calcpipe.dicom.volume import CTVolume
+    from calcpipe.models.segment import Segmenter
+
+
+@dataclass
+class StudyOutcome:
+    result_id: str
+    study_row: dict[str, Any] | None = None
+    vessel_rows: list[dict[str, Any]] = field(default_factory=list)
+    lesion_rows: list[dict[str, Any]] = field(default_factory=list)
+    failure: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+def mask_path(out_root: str, study_key: str) -> str:
+    return join(out_root, "masks", f"{study_key}.nii.gz")
+
+
+def load_series(item: StudyItem, storage_options: Mapping[str, Any] | None,
+                ) -> tuple[CTVolume, str | None]:
+    """The chosen series as a volume, and the PatientID (None when absent)."""
+    import pydicom
+
+    from calcpipe.dicom import load_volume
+    from calcpipe.ingest.discover import open_filesystem
+
+    def patient_id(path: str) -> str | None:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+        value = str(ds.get("PatientID", "") or "").strip()
+        return value or None
+
+    urls = list(item.urls)
+    if "://" not in urls[0]:
+        return load_volume(urls), patient_id(urls[0])
+    fs, _ = open_filesystem(urls[0], storage_options)
+    with tempfile.TemporaryDirectory(prefix="calcpipe-") as tmp:
+        local = [os.path.join(tmp, f"{i:06d}.dcm") for i in range(len(urls))]
+        fs.get([u.split("://", 1)[1] for u in urls], local)
+        return load_volume(local), patient_id(local[0])
+
+
+def write_mask(out_root: str, storage_options: Mapping[str, Any] | None, study_key: str,
+               labels: np.ndarray, affine: np.ndarray) -> None:
+    """Write the label map as NIfTI; atomically (temporary name, then rename) on disk."""
+    from calcpipe.ingest.discover import open_filesystem
+    from calcpipe.synthetic.truth import nifti_bytes
+
+    data = nifti_bytes(labels.astype(np.uint8), affine)
+    target = mask_path(out_root, study_key)
+    if "://" not in target:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+        return
+    fs, path = open_filesystem(target, storage_options)
+    fs.pipe_file(path, data)  # a single PUT: all or nothing
+
+
+def read_mask(out_root: str, storage_options: Mapping[str, Any] | None,
+              study_key: str) -> np.ndarray:
+    import nibabel as nib
+
+    from calcpipe.ingest.discover import open_filesystem
+
+    fs, path = open_filesystem(mask_path(out_root, study_key), storage_options)
+    image = nib.Nifti1Image.from_bytes(gzip.decompress(fs.cat_file(path)))
+    return np.asarray(image.dataobj).astype(np.uint8).transpose(2, 1, 0)
+
+
+def score_study(
+    item: StudyItem, segmenter: Segmenter | None, provenance: Provenance, *,
+    out_root: str, storage_options: Mapping[str, Any] | None, secret: bytes | None,
+) -> StudyOutcome:
+    """Score one study; ``segmenter=None`` re-scores from the stored mask (rescore)."""
+    from calcpipe.errors import CalcpipeError
+    from calcpipe.keys import pseudonymise
+    from calcpipe.scoring import score
+    from calcpipe.scoring.features import study_features
+
+    start = time.perf_counter()
+    stage = "score"
+    try:
+        volume, patient_id = load_series(item, storage_options)
+        kvp = float(volume.metadata.kvp or 120.0)
+        if segmenter is None:
+            labels = read_mask(out_root, storage_options, item.study_key)
+            if labels.shape != volume.hu.shape:
+                raise ValueError(f"stored mask shape {labels.shape} differs from the "
+                                 f"series {volume.hu.shape}: score the study again")
+            confidence = item.confidence
+            provenance = replace(provenance, device=item.device or provenance.device,
+                                 precision=item.precision or provenance.precision)
+        else:
+            seg = segmenter.segment(volume.hu, volume.spacing_mm, kvp=kvp)
+            labels, confidence = seg.labels, seg.confidence
+            provenance = replace(provenance, device=seg.device, precision=seg.precision)
+            write_mask(out_root, storage_options, item.study_key, labels, volume.affine)
+        result = score(volume.hu, labels, volume.spacing_mm, profile=provenance.profile,
+                       kvp=kvp, affine=volume.affine)
+    except Exception as e:  # every failure becomes a row; the shard goes on
+        code, attribute, fix = "internal_error", None, None
+        if isinstance(e, CalcpipeError):
+            code, attribute, fix = e.code, e.attribute, e.fix
+            message = e.message
+        else:
+            message = f"{type(e).__name__}: {e}"
+        for url in item.urls:
+            message = message.replace(url, "<object>")
+        return StudyOutcome(item.result_id, failure=failure_row(
+            item.result_id, item.study_key, item.input_fingerprint, stage, code, message,
+            attribute, fix, attempt=item.attempt, provenance=provenance,
+            when=dt.datetime.now(dt.UTC)), seconds=time.perf_counter() - start)
+
+    prov = provenance.row()
+    keys = {"result_id": item.result_id, "study_key": item.study_key}
+    features = study_features(result)
+    meta = volume.metadata
+    cac = result.row("CAC")
+    study_row = {
+        **keys,
+        "patient_key": None if patient_id is None else (
+            pseudonymise(patient_id, secret) if secret else patient_id),
+        "series_key": item.series_key, "input_fingerprint": item.input_fingerprint,
+        "age_years": meta.age_years, "sex": meta.sex, "study_date": meta.study_date,
+        "kvp": kvp, "manufacturer": meta.manufacturer, "kernel": meta.kernel,
+        "slice_thickness_mm": volume.slice_thickness_mm,
+        "slice_spacing_mm": float(volume.spacing_mm[0]),
+        "pixel_spacing_mm": float(volume.spacing_mm[1]), "n_slices": int(volume.hu.shape[0]),
+        "gated": meta.gating.gated, "threshold_hu": result.threshold_hu,
+        "mass_calibration_mg_cm3_per_hu": result.mass_calibration,
+        "segmentation_confidence": confidence,
+        "cac_agatston": cac.agatston, "cac_volume_mm3": cac.volume_mm3,
+        "cac_mass_mg": cac.mass_mg, "ac_agatston": features.ac_agatston,
+        "total_agatston": result.row("TOTAL").agatston,
+        "cac_category": features.risk_category_paper, "cac_drs": features.cac_drs,
+        "n_vessels_with_cac": features.n_calcified_vessels,
+        "qc_flags": sorted({*item.qc_flags, *(f.code for f in volume.qc_flags)}),
+        "score_flags": [f"{f.code}: {f.detail}" for f in result.flags],
+        "attempt": item.attempt, "scored_at": dt.datetime.now(dt.UTC), **prov,
+    }
+    vessel_rows = [{**keys, **_fields(r), **prov} for r in result.rows]
+    lesion_rows = [{**keys, **_fields(r), **prov} for r in result.lesions]
+    return StudyOutcome(item.result_id, study_row, vessel_rows, lesion_rows,
+                        seconds=time.perf_counter() - start)
+
+
+def _fields(row: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(row)

@@ -1,0 +1,116 @@
+"""Transactional, append-only tables: Delta Lake (Parquet files plus a transaction log).
+
+Each table lives at ``OUT/tables/<name>/``. An append is one Delta commit: its rows become
+visible all together or not at all, on local disk and on S3 alike (delta-rs commits with a
+conditional put; no lock service). Readers go through the transaction log
+(:meth:`TableStore.dataset`), never by globbing Parquet files, because a delete leaves
+unreferenced files behind until they are vacuumed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from calcpipe.tables.schemas import TABLES, arrow_schema
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+
+def delta_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """fsspec/s3fs options (``key``, ``secret``, ``endpoint_url`` or ``client_kwargs``)
+    as delta-rs object-store options. Credentials absent here come from the environment."""
+    if not storage_options:
+        return None
+    opts = dict(storage_options)
+    client = dict(opts.get("client_kwargs") or {})
+    endpoint = opts.get("endpoint_url") or client.get("endpoint_url")
+    region = client.get("region_name") or opts.get("region") or os.environ.get("AWS_REGION")
+    out: dict[str, str] = {}
+    if opts.get("key"):
+        out["AWS_ACCESS_KEY_ID"] = str(opts["key"])
+    if opts.get("secret"):
+        out["AWS_SECRET_ACCESS_KEY"] = str(opts["secret"])
+    if opts.get("token"):
+        out["AWS_SESSION_TOKEN"] = str(opts["token"])
+    if endpoint:
+        out["AWS_ENDPOINT_URL"] = str(endpoint)
+        if str(endpoint).startswith("http://"):
+            out["AWS_ALLOW_HTTP"] = "true"
+    out["AWS_REGION"] = str(region or "us-east-1")
+    return out
+
+
+def join(root: str, *parts: str) -> str:
+    """``root/part/...`` for a path or URL."""
+    return "/".join([root.rstrip("/"), *parts])
+
+
+class TableStore:
+    """The calcpipe tables under ``root`` (a local path or an fsspec URL)."""
+
+    def __init__(self, root: str | os.PathLike[str],
+                 storage_options: Mapping[str, Any] | None = None) -> None:
+        root = os.fspath(root)
+        if "://" not in root:
+            root = os.path.abspath(root)
+        elif root.startswith("file://"):
+            root = root[len("file://"):]
+        self.root = root.rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        self._delta_options = delta_storage_options(storage_options)
+
+    def uri(self, name: str) -> str:
+        if name not in TABLES:
+            raise KeyError(f"no table {name!r}; tables: {sorted(TABLES)}")
+        return join(self.root, "tables", name)
+
+    def _delta(self, name: str) -> Any:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(self.uri(name), storage_options=self._delta_options)
+        except TableNotFoundError:
+            return None
+
+    def exists(self, name: str) -> bool:
+        return self._delta(name) is not None
+
+    def version(self, name: str) -> int | None:
+        table = self._delta(name)
+        return None if table is None else int(table.version())
+
+    def dataset(self, name: str) -> pads.Dataset:
+        """The table's current snapshot as a pyarrow dataset (empty and typed when the
+        table does not exist yet)."""
+        import pyarrow.dataset as pads
+
+        table = self._delta(name)
+        if table is None:
+            return pads.dataset(arrow_schema(name).empty_table())
+        return table.to_pyarrow_dataset()
+
+    def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        return self.dataset(name).to_table(columns=columns)
+
+    def append(self, name: str, table: pa.Table) -> None:
+        """One Delta commit adding ``table``'s rows (cast to the table's schema)."""
+        from deltalake import write_deltalake
+
+        if table.num_rows == 0:
+            return
+        table = table.select(arrow_schema(name).names).cast(arrow_schema(name))
+        write_deltalake(self.uri(name), table, mode="append",
+                        storage_options=self._delta_options)
+
+    def delete_results(self, name: str, result_ids: list[str]) -> None:
+        """Delete the rows of the given results (one commit; nothing when none match)."""
+        table = self._delta(name)
+        if table is None or not result_ids:
+            return
+        quoted = ", ".join("'" + r.replace("'", "''") + "'" for r in sorted(set(result_ids)))
+        table.delete(f"result_id IN ({quoted})")

@@ -1,0 +1,148 @@
+"""The nightly cohort flow: index -> plan -> score shards on Dask -> commit -> report.
+
+Thin by design: every stage is a function of :class:`calcpipe.pipeline.Run`; this module
+only decides where work runs. One Prefect task per stage and per shard (hundreds of
+studies), never one per study: inside a shard, studies are Dask futures with at most
+``in_flight`` outstanding, and commits happen in this process (a single writer), shard by
+shard, so a run that dies keeps every shard committed before it.
+
+The pseudonymisation secret comes from the ``CALCPIPE_PSEUDONYM_KEY`` environment variable
+or a Prefect ``Secret`` block named by ``secret_block``; it is never a flow parameter.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from distributed import Client, as_completed
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from calcpipe.flows.cluster import SegmenterPlugin, cluster_client, score_on_worker, torch_threads
+from calcpipe.pipeline.index import IndexResult
+from calcpipe.pipeline.params import ScoreParams, secret_from_env
+from calcpipe.pipeline.plan import Plan, StudyItem
+from calcpipe.pipeline.run import Run
+from calcpipe.pipeline.work import StudyOutcome
+
+
+@task(name="index", cache_policy=NO_CACHE)
+def index_stage(run: Run, client: Client) -> IndexResult:
+    logger = get_run_logger()
+
+    def on_dask(batches: list[Any]) -> list[Any]:
+        futures = client.map(run.read_batch, batches, pure=False)
+        return client.gather(futures)  # type: ignore[no-any-return]
+
+    result = run.index(on_dask)
+    logger.info("index: %d objects listed, %d headers read (new or changed), %s skipped",
+                result.objects_listed, result.headers_read, dict(result.skipped) or "none")
+    return result
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan_stage(run: Run, indexed: IndexResult) -> Plan:
+    planned = run.plan(indexed)
+    get_run_logger().info(
+        "plan: %d studies, %d to score, %d already done, %d cannot be scored",
+        planned.studies_found, len(planned.items), planned.skipped, len(planned.failures))
+    return planned
+
+
+@task(name="score-shard", cache_policy=NO_CACHE)
+def score_shard(run: Run, client: Client, shard: list[StudyItem], number: int, total: int,
+                progress: Any = None) -> list[StudyOutcome]:
+    """Score one shard on the cluster with at most ``in_flight`` studies outstanding."""
+    start = time.perf_counter()
+    p = run.params
+
+    def submit(item: StudyItem) -> Any:
+        return client.submit(score_on_worker, item, run.provenance, run.store.root,
+                             p.storage_options or None, run.secret, p.rescore,
+                             key=f"score-{item.result_id}-{run.run_id}", pure=False)
+
+    pending = iter(shard)
+    first = [submit(i) for _, i in zip(range(p.in_flight), pending, strict=False)]
+    window = as_completed(first, loop=client.loop)
+    outcomes = []
+    for future in window:
+        outcomes.append(future.result())
+        future.release()
+        if progress is not None:
+            progress.advance()
+        following = next(pending, None)
+        if following is not None:
+            window.add(submit(following))
+    seconds = time.perf_counter() - start
+    run.counts.timings["score_s"] += seconds
+    failed = sum(o.failure is not None for o in outcomes)
+    get_run_logger().info("shard %d/%d: %d studies (%d failed) in %.1f s, %.2f studies/s",
+                          number, total, len(shard), failed, seconds,
+                          len(shard) / seconds if seconds else 0.0)
+    return outcomes
+
+
+@task(name="commit", cache_policy=NO_CACHE)
+def commit_stage(run: Run, outcomes: list[StudyOutcome]) -> None:
+    run.commit(outcomes)
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_stage(run: Run) -> dict[str, Any]:
+    row = run.finish()
+    create_markdown_artifact(run.report_markdown, key="calcpipe-run-summary",
+                             description=f"calcpipe run {run.run_id}")
+    return row
+
+
+def load_secret(secret_block: str | None) -> bytes | None:
+    """The pseudonymisation secret: a Prefect Secret block if named, else the environment."""
+    if secret_block:
+        from prefect.blocks.system import Secret
+
+        value = Secret.load(secret_block).get()
+        return str(value).encode("utf-8") if value else None
+    return secret_from_env()
+
+
+@flow(name="score-cohort", validate_parameters=True)
+def score_cohort(params: ScoreParams, secret_block: str | None = None,
+                 show_progress: bool = True) -> dict[str, Any]:
+    """Score every study under ``params.source`` that has no committed result yet.
+
+    Returns the run's ``runs`` row. ``show_progress`` draws a rich progress bar over the
+    studies to score.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    run = Run(params, load_secret(secret_block), run_id=str(flow_run.get_id() or "") or None)
+    get_run_logger().info("run %s: %s -> %s (model %s, profile %s)", run.run_id,
+                          params.source, params.out, run.provenance.model_id, params.profile)
+    with cluster_client(params) as client:
+        if not params.rescore:
+            client.register_plugin(SegmenterPlugin(params.model, params.device,
+                                                   params.precision, torch_threads(params)))
+        indexed = index_stage(run, client)
+        planned = plan_stage(run, indexed)
+        shards = planned.shards(params.shard_size)
+        bar = Progress("[progress.description]{task.description}", BarColumn(),
+                       MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress)
+        with bar:
+            counter = _Advance(bar, bar.add_task("scoring", total=len(planned.items)))
+            for number, shard in enumerate(shards, start=1):
+                outcomes = score_shard(run, client, shard, number, len(shards), counter)
+                commit_stage(run, outcomes)
+    return report_stage(run)  # type: ignore[no-any-return]
+
+
+class _Advance:
+    """Advances one rich progress task (passed into the shard task)."""
+
+    def __init__(self, bar: Any, task_id: Any) -> None:
+        self.bar, self.task_id = bar, task_id
+
+    def advance(self) -> None:
+        self.bar.advance(self.task_id)
