@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# Prefect's local ephemeral API keeps its database inside the project (.prefect/).
 demo: $(STAMP)
-	$(VENV)/bin/calcpipe demo demo_out
+	PREFECT_HOME=$(CURDIR)/.prefect $(VENV)/bin/calcpipe demo demo_out
 
 # pytest exits 5 when it collects no test; that is not a failure of the suite.
 test: $(STAMP)
@@ -37,4 +38,4 @@ bench-accuracy: $(STAMP)
 	$(PY) bench/bench_accuracy.py
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) demo_out .prefect .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -232,6 +232,114 @@ def train(
 
 
 @app.command()
+def score(
+    source: str = typer.Argument(..., help="Cohort folder or fsspec URL (s3://bucket/prefix)."),
+    out: str = typer.Option(..., "--out", help="Output folder or URL (tables, masks, report)."),
+    model: str = typer.Option("default", help="Model: 'default' (shipped) or a checkpoint."),
+    profile: str = typer.Option("standard", help="Scoring profile (calcpipe profiles)."),
+    workers: int = typer.Option(2, min=1, help="Dask workers of the local cluster."),
+    cluster: str = typer.Option(
+        "local", help="'local' (processes), 'local-threads' or a scheduler address."),
+    cohort: str = typer.Option("cohort", help="Cohort name recorded in the runs table."),
+    shard_size: int = typer.Option(200, min=1, help="Studies per shard (one Prefect task)."),
+    in_flight: int = typer.Option(8, min=1, help="Studies outstanding on the cluster."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    precision: str = typer.Option("fp32", help="fp32 or bf16 (GPU)."),
+    rescore: bool = typer.Option(
+        False, help="Re-score from the stored masks under --profile (no network run)."),
+    retry_failed: bool = typer.Option(
+        False, help="Try again the studies that failed with unchanged inputs."),
+    endpoint_url: str = typer.Option(
+        None, help="S3-compatible endpoint (credentials from the environment)."),
+    secret_block: str = typer.Option(
+        None, help="Prefect Secret block holding the pseudonymisation key "
+        "(default: the CALCPIPE_PSEUDONYM_KEY environment variable)."),
+    single_process: bool = typer.Option(
+        False, help="Run the stages in this process, without Prefect or Dask."),
+) -> None:
+    """Score every study of a cohort: discover, select, segment, score, commit tables."""
+    import os
+
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from calcpipe.pipeline.params import ScoreParams
+
+    console = Console()
+    options = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else {}
+    try:
+        params = ScoreParams(
+            source=source, out=out, cohort=cohort, model=model, profile=profile,
+            shard_size=shard_size, in_flight=in_flight, cluster=cluster, workers=workers,
+            device=device, precision=precision, rescore=rescore, retry_failed=retry_failed,
+            storage_options=options)
+    except ValidationError as e:
+        console.print(f"[red]invalid parameters[/red]\n{e}")
+        raise typer.Exit(2) from None
+    if single_process:
+        from calcpipe.pipeline import run_single_process
+        from calcpipe.pipeline.params import secret_from_env
+
+        row = run_single_process(params, secret_from_env())
+    else:
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+        from calcpipe.flows.score_cohort import score_cohort
+
+        row = score_cohort(params, secret_block=secret_block)
+    from calcpipe.pipeline.report import print_summary
+
+    print_summary(console, params, row)
+    if row["studies_failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def query(
+    sql: str = typer.Argument(..., help="DuckDB SQL over the tables and views."),
+    out: str = typer.Option("demo_out/results", "--out", help="Output folder of a run."),
+    endpoint_url: str = typer.Option(None, help="S3-compatible endpoint."),
+    csv: bool = typer.Option(False, help="Print CSV instead of a table."),
+) -> None:
+    """Run SQL over a run's tables and views (study_scores, latest_vessel_scores, ...)."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from calcpipe.catalog import open_catalog
+
+    options = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else None
+    relation = open_catalog(out, options).query(sql)
+    if relation is None:
+        return
+    if csv:
+        sys.stdout.write(_csv(relation.columns, relation.fetchall()))
+        return
+    table = Table(*relation.columns)
+    for row in relation.fetchall():
+        table.add_row(*(_cell(v) for v in row))
+    Console().print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def _csv(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
+    import csv as csv_module
+    import io
+
+    buffer = io.StringIO()
+    writer = csv_module.writer(buffer)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+@app.command()
 def profiles() -> None:
     """List the scoring profiles, with one example volume scored under each."""
     from calcpipe.scoring.comparison import comparison_table
@@ -241,16 +349,17 @@ def profiles() -> None:
 
 @app.command()
 def demo(
-    out: Path = typer.Argument(Path("demo_out"), help="Folder for the generated series."),
-    shared_data: Path = typer.Option(
-        Path("../shared/data"), help="Real test scans, shown when the folder exists."),
+    out: Path = typer.Argument(Path("demo_out"), help="Working folder (cohort, results)."),
+    studies: int = typer.Option(20, min=1, help="Synthetic studies."),
+    matrix: int = typer.Option(256, min=64, help="Image matrix of the synthetic studies."),
+    workers: int = typer.Option(2, min=1, help="Dask workers."),
 ) -> None:
-    """Run what is built end to end: write CT series, load them back, inspect real scans."""
+    """Synthesise a small cohort and run the cohort scoring flow on it, end to end."""
     from rich.console import Console
 
     from calcpipe.demo import run_demo
 
-    run_demo(out, shared_data, Console())
+    run_demo(out, Console(), studies=studies, matrix=matrix, workers=workers)
 
 
 if __name__ == "__main__":

@@ -101,3 +101,41 @@ def write_report(run: Run, row: dict[str, Any]) -> str:
                  json.dumps(payload, default=str, indent=2).encode("utf-8"))
     run.report_markdown = text
     return text
+
+
+def print_summary(console: Any, params: Any, row: dict[str, Any]) -> None:
+    """The final console table: counts, where outputs landed, per-vessel summary."""
+    from rich.table import Table
+
+    from calcpipe.catalog import open_catalog
+    from calcpipe.tables.store import join
+
+    options = params.storage_options or None
+    counts = Table(title=f"calcpipe run {row['run_id']}", show_header=False)
+    for label, key in (("objects listed", "objects_listed"), ("headers read", "headers_read"),
+                       ("studies found", "studies_found"),
+                       ("already done", "studies_skipped"), ("scored", "studies_scored"),
+                       ("failed", "studies_failed")):
+        counts.add_row(label, str(row[key]))
+    counts.add_row("time", f"{row['total_s']:.1f} s")
+    console.print(counts)
+    vessels = open_catalog(params.out, options).query(
+        "SELECT name, count(*) AS studies, "
+        "avg(CASE WHEN agatston > 0 THEN 1.0 ELSE 0.0 END) AS prevalence, "
+        "median(agatston) FILTER (WHERE agatston > 0) AS median_positive, "
+        "max(agatston) AS max_agatston, sum(n_lesions) AS lesions "
+        f"FROM latest_vessel_scores WHERE profile = '{params.profile}' "
+        "GROUP BY name ORDER BY min(coalesce(label, 100)), name").fetchall()
+    table = Table(title=f"Per vessel, latest results (profile {params.profile})")
+    for column in ("vessel", "studies", "with calcium", "median AU (if >0)", "max AU",
+                   "lesions"):
+        table.add_column(column, justify="left" if column == "vessel" else "right")
+    for name, n, prevalence, median, peak, lesions in vessels:
+        table.add_row(name, str(n), _pct(prevalence),
+                      "-" if median is None else f"{median:.1f}", f"{peak:.1f}",
+                      str(lesions))
+    console.print(table)
+    console.print(f"tables:  {join(params.out, 'tables')}/<name>  (Delta Lake)\n"
+                  f"masks:   {join(params.out, 'masks')}/<study_key>.nii.gz\n"
+                  f"report:  {join(params.out, 'report', 'summary.md')}\n"
+                  f"catalog: {join(params.out, 'data_catalog.yaml')}")
