@@ -1,8 +1,9 @@
 """Prefect flows: thin orchestration over the calcpipe library.
 
 Installed as ``calcpipe.flows`` (see ``[tool.setuptools] package-dir`` in pyproject.toml)
-so the CLI and container images run flows without a source checkout. The cohort scoring
-flow arrives with the pipeline issue; nothing here imports Prefect until then.
+so the CLI and container images run flows without a source checkout. ``score_cohort`` is the
+cohort flow; ``cluster`` chooses the Dask cluster and loads the model once per worker.
+Importing this package imports neither Prefect nor Dask; its modules do.
 """
 
 from importlib.resources import files

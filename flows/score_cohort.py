@@ -15,13 +15,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from calcpipe.flows.cluster import SegmenterPlugin, cluster_client, score_on_worker, torch_threads
 from distributed import Client, as_completed
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from calcpipe.flows.cluster import SegmenterPlugin, cluster_client, score_on_worker, torch_threads
 from calcpipe.pipeline.index import IndexResult
 from calcpipe.pipeline.params import ScoreParams, secret_from_env
 from calcpipe.pipeline.plan import Plan, StudyItem
@@ -35,7 +35,7 @@ def index_stage(run: Run, client: Client) -> IndexResult:
 
     def on_dask(batches: list[Any]) -> list[Any]:
         futures = client.map(run.read_batch, batches, pure=False)
-        return client.gather(futures)  # type: ignore[no-any-return]
+        return list(client.gather(futures))
 
     result = run.index(on_dask)
     logger.info("index: %d objects listed, %d headers read (new or changed), %s skipped",
@@ -103,7 +103,8 @@ def load_secret(secret_block: str | None) -> bytes | None:
     if secret_block:
         from prefect.blocks.system import Secret
 
-        value = Secret.load(secret_block).get()
+        block: Any = Secret.load(secret_block)
+        value = block.get()
         return str(value).encode("utf-8") if value else None
     return secret_from_env()
 
@@ -135,7 +136,7 @@ def score_cohort(params: ScoreParams, secret_block: str | None = None,
             for number, shard in enumerate(shards, start=1):
                 outcomes = score_shard(run, client, shard, number, len(shards), counter)
                 commit_stage(run, outcomes)
-    return report_stage(run)  # type: ignore[no-any-return]
+    return report_stage(run)
 
 
 class _Advance:

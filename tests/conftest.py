@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +41,41 @@ def make_series(tmp_path: Path) -> Callable[..., tuple[Path, np.ndarray, list[Pa
         return folder, hu, files
 
     return make
+
+
+# The pipeline tests talk to a local S3 server with dummy credentials; Dask worker
+# processes inherit the environment when they start, so it is set before any test runs.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One Prefect test harness (temporary database and API) for the whole session."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def dask_address() -> Iterator[str]:
+    """A local Dask cluster shared by the pipeline tests (the flow's scheduler-address
+    mode): two single-threaded worker processes."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=40) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def local_s3() -> Iterator[Any]:
+    """A moto S3 server on 127.0.0.1 for the whole session."""
+    from calcpipe.ingest.local_s3 import LocalS3
+
+    with LocalS3() as server:
+        yield server

@@ -21,14 +21,6 @@ _INTERNAL = {"url", "etag", "mtime"}
 
 
 @pytest.fixture(scope="session")
-def local_s3():
-    from calcpipe.ingest.local_s3 import LocalS3
-
-    with LocalS3() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
 def study_on_disk_and_s3(tmp_path_factory, local_s3):
     root = tmp_path_factory.mktemp("s3study")
     rng = np.random.default_rng(3)

@@ -28,10 +28,10 @@ class ScoreParams(BaseModel):
     cohort: str = "cohort"
     model: str = "default"
     profile: str = "standard"
-    shard_size: int = Field(200, ge=1, le=100_000)
-    in_flight: int = Field(8, ge=1, le=10_000)
+    shard_size: int = Field(default=200, ge=1, le=100_000)
+    in_flight: int = Field(default=8, ge=1, le=10_000)
     cluster: str = "local"
-    workers: int = Field(2, ge=1, le=4096)
+    workers: int = Field(default=2, ge=1, le=4096)
     device: str = "auto"
     precision: str = "fp32"
     rescore: bool = False

@@ -154,16 +154,16 @@ class Run:
                 made[(row["study_key"], row["input_fingerprint"])] = row
         kept = []
         for item in result.items:
-            row = made.get((item.study_key, item.input_fingerprint))
-            if row is None:
+            found = made.get((item.study_key, item.input_fingerprint))
+            if found is None:
                 result.failures.append(failure_row(
                     item.result_id, item.study_key, item.input_fingerprint, "plan",
                     "no_stored_mask", "no mask of this model for these inputs to re-score",
                     None, "run calcpipe score without --rescore first", attempt=item.attempt,
                     provenance=self.provenance, when=dt.datetime.now(dt.UTC)))
             else:
-                kept.append(replace(item, device=row["device"], precision=row["precision"],
-                                    confidence=row["segmentation_confidence"]))
+                kept.append(replace(item, device=found["device"], precision=found["precision"],
+                                    confidence=found["segmentation_confidence"]))
         result.items = kept
 
     # -- commit ----------------------------------------------------------------------

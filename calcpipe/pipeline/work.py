@@ -102,6 +102,7 @@ def score_study(
     from calcpipe.errors import CalcpipeError
     from calcpipe.keys import pseudonymise
     from calcpipe.scoring import score
+    from calcpipe.scoring.calibration import load_registry, lookup_c_ha
     from calcpipe.scoring.features import study_features
 
     start = time.perf_counter()
@@ -122,8 +123,13 @@ def score_study(
             labels, confidence = seg.labels, seg.confidence
             provenance = replace(provenance, device=seg.device, precision=seg.precision)
             write_mask(out_root, storage_options, item.study_key, labels, volume.affine)
+        meta = volume.metadata
+        calibration = lookup_c_ha(load_registry(), manufacturer=meta.manufacturer,
+                                  model=meta.manufacturer_model, kvp=kvp, kernel=meta.kernel)
         result = score(volume.hu, labels, volume.spacing_mm, profile=provenance.profile,
-                       kvp=kvp, affine=volume.affine)
+                       kvp=kvp, affine=volume.affine,
+                       mass_calibration=None if calibration is None else calibration.c_ha,
+                       slice_thickness_mm=volume.slice_thickness_mm)
     except Exception as e:  # every failure becomes a row; the shard goes on
         code, attribute, fix = "internal_error", None, None
         if isinstance(e, CalcpipeError):
@@ -141,7 +147,6 @@ def score_study(
     prov = provenance.row()
     keys = {"result_id": item.result_id, "study_key": item.study_key}
     features = study_features(result)
-    meta = volume.metadata
     cac = result.row("CAC")
     study_row = {
         **keys,

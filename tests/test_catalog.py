@@ -1,0 +1,140 @@
+"""Table schemas, the data catalog, `calcpipe query`, `calcpipe score` and the demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from calcpipe.catalog import VIEWS, catalog_yaml, open_catalog
+from calcpipe.cli import app
+from calcpipe.tables import SCHEMA_VERSION, TABLES, arrow_schema
+
+PINS = Path(__file__).parent / "pins"
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def test_schemas_are_pinned_for_this_schema_version():
+    pin = json.loads((PINS / f"schema_v{SCHEMA_VERSION}.json").read_text())
+    current = {n: [[c.name, c.type, c.unit, c.nullable] for c in t.columns]
+               for n, t in TABLES.items()}
+    assert pin["tables"] == current, (
+        "a table schema changed: add nullable columns only, bump SCHEMA_VERSION and pin "
+        "the new version (docs/tables.md)")
+
+
+@pytest.mark.parametrize("older", sorted(PINS.glob("schema_v*.json")))
+def test_every_pinned_version_is_a_prefix_of_the_current_schema(older):
+    """Schema evolution: columns are only ever added, nullable, at the end."""
+    pin = json.loads(older.read_text())["tables"]
+    for name, columns in pin.items():
+        current = [[c.name, c.type, c.unit, c.nullable] for c in TABLES[name].columns]
+        assert current[:len(columns)] == columns
+        assert all(c[3] for c in current[len(columns):])
+
+
+def test_every_table_has_the_contract_columns_and_units_in_names():
+    for name in ("study_scores", "vessel_scores", "lesions", "failures"):
+        columns = {c.name for c in TABLES[name].columns}
+        assert {"study_key", "pipeline_version", "model_id", "model_checksum", "profile",
+                "device", "precision", "run_id", "schema_version"} <= columns, name
+    suffix = {"mm": "_mm", "mm2": "_mm2", "mm3": "_mm3", "mg": "_mg", "HU": "_hu",
+              "kV": "kvp", "ms": "_ms", "s": "_s", "years": "_years", "bytes": "_bytes",
+              "deg": "_deg", "%": "_percent", "1/min": "_bpm", "mg/cm3/HU": "_mg_cm3_per_hu",
+              "AU": "agatston"}
+    for spec in TABLES.values():
+        schema = arrow_schema(spec.name)
+        assert schema.metadata[b"calcpipe.schema_version"] == str(SCHEMA_VERSION).encode()
+        for column in spec.columns:
+            if column.unit in suffix:
+                assert column.name.endswith(suffix[column.unit]), (spec.name, column.name)
+
+
+def test_the_shipped_catalog_template_is_generated_from_the_schemas():
+    template = (ROOT / "calcpipe" / "data_catalog.yaml").read_text()
+    assert template == catalog_yaml(), "run: python -m calcpipe.catalog"
+    assert (ROOT / "data_catalog.yaml").read_text() == template
+    document = yaml.safe_load(template)
+    assert set(document["tables"]) == set(TABLES) and set(document["views"]) == set(VIEWS)
+    lesions = document["tables"]["lesions"]
+    assert lesions["path"] == "{root}/tables/lesions" and lesions["format"] == "delta"
+    volume = next(c for c in lesions["columns"] if c["name"] == "volume_mm3")
+    assert volume == {"name": "volume_mm3", "type": "float64", "unit": "mm3",
+                      "nullable": False, "description": "calcified volume"}
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A two-study output folder written by `calcpipe score --single-process`."""
+    from calcpipe.synthetic import write_cohort
+
+    base = tmp_path_factory.mktemp("catalog")
+    source = write_cohort(base / "cohort", studies=2, seed=7, matrix=64, workers=1)
+    out = base / "out"
+    result = runner.invoke(app, ["score", str(source), "--out", str(out), "--single-process"])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def test_score_prints_counts_vessels_and_locations(scored):
+    out, output = scored
+    for text in ("scored", "LAD", "with calcium", f"{out}/tables", "data_catalog.yaml"):
+        assert text in output
+    rendered = yaml.safe_load((out / "data_catalog.yaml").read_text())
+    assert rendered["tables"]["study_scores"]["path"] == f"{out}/tables/study_scores"
+
+
+def test_tables_open_in_duckdb_pandas_and_polars(scored):
+    out, _ = scored
+    catalog = open_catalog(out)
+    frame = catalog.pandas("vessel_scores")
+    assert len(frame) == 2 * 10 and set(frame["name"]) >= {"LM", "LAD", "CAC", "TOTAL"}
+    polars_frame = catalog.polars("latest_study_scores")
+    assert polars_frame.height == 2
+    relation = catalog.relation("latest_vessel_scores")
+    assert relation.count("*").fetchall() == [(20,)]
+    summed = catalog.query(
+        "SELECT s.result_id, s.cac_agatston, sum(v.agatston) AS vessels FROM study_scores s "
+        "JOIN vessel_scores v USING (result_id) WHERE v.name IN ('LM','LAD','LCX','RCA') "
+        "GROUP BY ALL").fetchall()
+    assert len(summed) == 2
+    assert all(cac == pytest.approx(vessels) for _, cac, vessels in summed)
+    assert catalog.arrow("runs").schema.field("total_s").type == pa.float64()
+
+
+def test_query_command_runs_sql_over_the_catalog(scored):
+    out, _ = scored
+    result = runner.invoke(app, ["query", "--out", str(out), "--csv",
+                                 "SELECT name, count(*) AS n FROM latest_vessel_scores "
+                                 "GROUP BY name ORDER BY name"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0] == "name,n" and "LAD,2" in lines and len(lines) == 11
+
+
+def test_score_refuses_bad_parameters_and_secrets_in_options(tmp_path):
+    result = runner.invoke(app, ["score", str(tmp_path), "--out", str(tmp_path / "o"),
+                                 "--profile", "no-such-profile", "--single-process"])
+    assert result.exit_code == 2 and "profile" in result.output
+    from pydantic import ValidationError
+
+    from calcpipe.pipeline import ScoreParams
+
+    with pytest.raises(ValidationError, match="must not hold 'secret'"):
+        ScoreParams(source="s3://b/c", out="s3://b/o", storage_options={"secret": "x"})
+    with pytest.raises(ValidationError, match="cluster"):
+        ScoreParams(source="a", out="b", cluster="kubernetes")
+
+
+def test_demo_scores_a_synthetic_cohort_with_the_flow(prefect_api, tmp_path):
+    result = runner.invoke(app, ["demo", str(tmp_path / "demo"), "--studies", "2",
+                                 "--matrix", "64", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    for text in ("Per vessel", "latest_vessel_scores", "scored"):
+        assert text in result.output, text
+    assert (tmp_path / "demo" / "results" / "report" / "summary.md").is_file()

@@ -1,0 +1,268 @@
+"""The cohort pipeline end to end: the Prefect flow on a Dask cluster, on disk and on S3.
+
+One Prefect harness and one Dask cluster serve every test (session fixtures in
+conftest.py); cohorts are tiny (64x64 synthetic studies).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from calcpipe.dicom.writer import write_series
+from calcpipe.pipeline import ScoreParams, run_single_process
+from calcpipe.tables import TABLES, TableStore
+
+#: Columns that differ between two runs of the same work by design.
+VOLATILE = {"run_id", "scored_at", "failed_at", "indexed_at", "attempt"}
+RESULT_TABLES = ("study_scores", "vessel_scores", "lesions", "failures", "series")
+
+
+@pytest.fixture(scope="session")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six synthetic studies to build test cohorts from."""
+    from calcpipe.synthetic import write_cohort
+
+    return write_cohort(tmp_path_factory.mktemp("pool"), studies=6, seed=31, matrix=64,
+                        workers=2)
+
+
+def cohort(pool: Path, dest: Path, studies: list[int]) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for i in studies:
+        shutil.copytree(pool / f"study_{i:05d}", dest / f"study_{i:05d}")
+    return dest
+
+
+def flow(source: Any, out: Any, cluster: str, **params: Any) -> dict[str, Any]:
+    from calcpipe.flows.score_cohort import score_cohort
+
+    p = ScoreParams(source=str(source), out=str(out), cluster=cluster, shard_size=2,
+                    in_flight=2, **params)
+    return score_cohort(p, show_progress=False)  # type: ignore[no-any-return]
+
+
+def rows(out: Any, name: str, drop: set[str] = frozenset(),  # type: ignore[assignment]
+         storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    table = TableStore(str(out), storage_options).read(name).to_pylist()
+    return sorted(({k: v for k, v in r.items() if k not in VOLATILE | drop} for r in table),
+                  key=repr)
+
+
+def problem_studies(root: Path) -> None:
+    """An MR study, a contrast-only study, and a CT study with a truncated file."""
+    hu = np.full((12, 48, 48), 40, np.int16)
+    hu[5:7, 20:23, 20:23] = 400
+    common = {"spacing_mm": (3.0, 0.7, 0.7)}
+    write_series(root / "mr" / "s1", hu, study_uid="1.2.826.0.1.9.100",
+                 series_uid="1.2.826.0.1.9.100.1", patient_id="PAT-MR",
+                 extra={"Modality": "MR", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.4"},
+                 **common)
+    write_series(root / "contrast" / "s1", hu, study_uid="1.2.826.0.1.9.200",
+                 series_uid="1.2.826.0.1.9.200.1", patient_id="PAT-C",
+                 extra={"ContrastBolusAgent": "IOPAMIDOL"}, **common)
+    files = write_series(root / "corrupt" / "s1", hu, study_uid="1.2.826.0.1.9.300",
+                         series_uid="1.2.826.0.1.9.300.1", patient_id="PAT-X", **common)
+    data = files[4].read_bytes()
+    files[4].write_bytes(data[:-2000])
+
+
+# -- end to end, incremental, single-process equivalence ---------------------------------
+
+def test_flow_scores_incrementally_and_matches_a_single_process_run(
+        prefect_api, dask_address, pool, tmp_path):
+    src, out = cohort(pool, tmp_path / "src", [0, 1, 2]), tmp_path / "out"
+    first = flow(src, out, dask_address)
+    assert (first["studies_found"], first["studies_scored"], first["studies_failed"]) == (3, 3, 0)
+    store = TableStore(str(out))
+    keys = set(store.read("study_scores").column("study_key").to_pylist())
+    assert len(keys) == 3
+    assert all((out / "masks" / f"{k}.nii.gz").is_file() for k in keys)
+    assert store.read("vessel_scores").num_rows == 3 * 10  # 7 labels + CAC, AC, TOTAL
+    assert (out / "report" / "summary.md").read_text().count("| LAD |") == 1
+    assert str(out) in (out / "data_catalog.yaml").read_text()
+
+    versions = {name: store.version(name) for name in TABLES}
+    second = flow(src, out, dask_address)
+    assert (second["headers_read"], second["studies_planned"], second["studies_scored"],
+            second["studies_skipped"]) == (0, 0, 0, 3)
+    # no table but runs got a commit: nothing added, nothing read
+    assert {n: store.version(n) for n in TABLES if n != "runs"} == {
+        n: v for n, v in versions.items() if n != "runs"}
+
+    cohort(pool, src, [3, 4, 5])
+    added_files = sum(1 for i in (3, 4, 5) for f in (src / f"study_{i:05d}").rglob("*.dcm"))
+    third = flow(src, out, dask_address)
+    assert (third["headers_read"], third["studies_scored"]) == (added_files, 3)
+    new_keys = set(store.read("study_scores").column("study_key").to_pylist()) - keys
+    truth = pool / "_truth" / "scores.parquet"
+    import pyarrow.parquet as pq
+
+    by_folder = {r["study_key"] for r in pq.read_table(truth).to_pylist()}
+    assert len(new_keys) == 3 and new_keys <= by_folder
+
+    reference = tmp_path / "single"
+    run_single_process(ScoreParams(source=str(src), out=str(reference)))
+    for name in (*RESULT_TABLES, "dicom_instances"):
+        assert rows(out, name) == rows(reference, name), name
+
+
+def test_flow_on_local_s3_gives_the_rows_of_a_disk_run(prefect_api, dask_address, pool,
+                                                        tmp_path, local_s3):
+    src = cohort(pool, tmp_path / "src", [0, 1])
+    flow(src, tmp_path / "out", dask_address)
+    url = local_s3.upload(src, "s3://calcpipe-test/cohort")
+    options = {"client_kwargs": {"endpoint_url": local_s3.endpoint_url},
+               "skip_instance_cache": True}
+    row = flow(url, "s3://calcpipe-test/out", dask_address, storage_options=options)
+    assert row["studies_scored"] == 2
+    # ETags replace mtimes, so the input fingerprints (and result ids) differ by design
+    store_specific = {"input_fingerprint", "result_id", "etag", "mtime_s"}
+    for name in (*RESULT_TABLES, "dicom_instances"):
+        assert rows(tmp_path / "out", name, store_specific) == rows(
+            "s3://calcpipe-test/out", name, store_specific, options), name
+    fs = local_s3.filesystem()
+    keys = TableStore("s3://calcpipe-test/out", options).read("study_scores").column(
+        "study_key").to_pylist()
+    assert all(fs.exists(f"calcpipe-test/out/masks/{k}.nii.gz") for k in keys)
+    assert fs.exists("calcpipe-test/out/data_catalog.yaml")
+
+
+# -- failures and retries -----------------------------------------------------------------
+
+def test_bad_studies_become_failure_rows_and_are_retried_only_when_asked_or_changed(
+        prefect_api, dask_address, pool, tmp_path):
+    src, out = cohort(pool, tmp_path / "src", [0]), tmp_path / "out"
+    problem_studies(src)
+    first = flow(src, out, dask_address)
+    assert (first["studies_found"], first["studies_scored"], first["studies_failed"]) == (4, 1, 3)
+    failures = {r["study_key"]: r for r in rows(out, "failures")}
+    assert {k: (r["stage"], r["code"]) for k, r in failures.items()} == {
+        "1.2.826.0.1.9.100": ("plan", "not_ct"),
+        "1.2.826.0.1.9.200": ("plan", "no_eligible_series"),
+        "1.2.826.0.1.9.300": ("score", "truncated"),
+    }
+    assert "Modality is 'MR'" in failures["1.2.826.0.1.9.100"]["message"]
+    assert "ContrastBolusAgent" in failures["1.2.826.0.1.9.200"]["message"]
+    assert all(str(tmp_path) not in r["message"] for r in failures.values())
+
+    again = flow(src, out, dask_address)
+    assert (again["studies_failed"], again["studies_skipped"]) == (0, 4)
+    retried = flow(src, out, dask_address, retry_failed=True)
+    assert retried["studies_failed"] == 3
+    attempts = TableStore(str(out)).read("failures").column("attempt").to_pylist()
+    assert sorted(attempts) == [1, 1, 1, 2, 2, 2]
+
+    # the corrupt file is replaced: only that study is tried again, and now it scores
+    hu = np.full((12, 48, 48), 40, np.int16)
+    hu[5:7, 20:23, 20:23] = 400
+    shutil.rmtree(src / "corrupt")
+    write_series(src / "corrupt" / "s1", hu, spacing_mm=(3.0, 0.7, 0.7),
+                 study_uid="1.2.826.0.1.9.300", series_uid="1.2.826.0.1.9.300.1",
+                 patient_id="PAT-X")
+    fixed = flow(src, out, dask_address)
+    assert (fixed["studies_planned"], fixed["studies_scored"], fixed["studies_failed"]) == (1, 1, 0)
+    assert "1.2.826.0.1.9.300" in TableStore(str(out)).read("study_scores").column(
+        "study_key").to_pylist()
+
+
+# -- re-scoring from stored masks ---------------------------------------------------------
+
+def test_rescore_from_masks_reproduces_a_full_run_under_that_profile(
+        prefect_api, dask_address, pool, tmp_path):
+    src = cohort(pool, tmp_path / "src", [1, 2])
+    out, full = tmp_path / "out", tmp_path / "full"
+    flow(src, out, dask_address)
+    rescored = flow(src, out, dask_address, profile="deepcac", rescore=True)
+    assert rescored["mode"] == "rescore" and rescored["studies_scored"] == 2
+    flow(src, full, dask_address, profile="deepcac")
+
+    def under(folder: Path, name: str, profile: str) -> list[dict[str, Any]]:
+        return [r for r in rows(folder, name) if r["profile"] == profile]
+
+    for name in ("study_scores", "vessel_scores", "lesions"):
+        assert under(out, name, "deepcac") == under(full, name, "deepcac"), name
+    standard = {(r["study_key"], r["name"]): r["agatston"]
+                for r in under(out, "vessel_scores", "standard")}
+    lessmann = {(r["study_key"], r["name"]): r["agatston"]
+                for r in under(out, "vessel_scores", "deepcac")}
+    assert standard.keys() == lessmann.keys() and standard != lessmann  # a real re-score
+
+
+def test_rescore_without_masks_fails_each_study_clearly(pool, tmp_path):
+    src = cohort(pool, tmp_path / "src", [0])
+    row = run_single_process(ScoreParams(source=str(src), out=str(tmp_path / "out"),
+                                         rescore=True, profile="deepcac"))
+    assert row["studies_failed"] == 1
+    assert rows(tmp_path / "out", "failures")[0]["code"] == "no_stored_mask"
+
+
+# -- commit protocol, privacy ---------------------------------------------------------------
+
+def test_a_commit_interrupted_half_way_is_invisible_and_repaired(pool, tmp_path):
+    from calcpipe.catalog import open_catalog
+    from calcpipe.pipeline import Run
+    from calcpipe.pipeline.run import load_segmenter
+    from calcpipe.pipeline.work import score_study
+    from calcpipe.tables import to_table
+
+    src, out = cohort(pool, tmp_path / "src", [0]), tmp_path / "out"
+    params = ScoreParams(source=str(src), out=str(out))
+    run = Run(params, None)
+    planned = run.plan(run.index(lambda batches: [run.read_batch(b) for b in batches]))
+    outcome = score_study(planned.items[0], load_segmenter("default", "cpu", "fp32", None),
+                          run.provenance, out_root=str(out), storage_options=None, secret=None)
+    # the process dies after the vessel rows are committed, before the marker
+    run.store.append("vessel_scores", to_table("vessel_scores", outcome.vessel_rows))
+    catalog = open_catalog(out)
+    assert catalog.query("SELECT count(*) FROM committed_vessel_scores").fetchall() == [(0,)]
+    assert catalog.query("SELECT count(*) FROM latest_vessel_scores").fetchall() == [(0,)]
+    assert catalog.query("SELECT count(*) FROM vessel_scores").fetchall() == [(10,)]
+
+    row = run_single_process(params)  # the next run scores it again and repairs
+    assert row["studies_scored"] == 1
+    store = TableStore(str(out))
+    assert store.read("vessel_scores").num_rows == 10
+    assert store.read("study_scores").num_rows == 1
+
+
+def _strings(out: Path) -> list[str]:
+    """Every string in every table but the run parameters (which name the cohort's root
+    folder or bucket, given by the operator)."""
+    store = TableStore(str(out))
+    values: list[str] = []
+    for name in TABLES:
+        for row in store.read(name).to_pylist():
+            values.extend(v for k, v in row.items()
+                          if isinstance(v, str) and k != "parameters_json")
+    return values
+
+
+def test_tables_hold_no_paths_and_keys_are_pseudonymised_when_a_key_is_set(
+        pool, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    src = cohort(pool, tmp_path / "src", [0, 1])
+    raw_keys = {r["study_key"] for r in pq.read_table(pool / "_truth" / "scores.parquet")
+                .to_pylist()}
+    plain = tmp_path / "plain"
+    run_single_process(ScoreParams(source=str(src), out=str(plain)))
+    assert not any(str(tmp_path) in s or "study_0000" in s for s in _strings(plain))
+
+    monkeypatch.setenv("CALCPIPE_PSEUDONYM_KEY", "a registry secret")
+    from calcpipe.pipeline.params import secret_from_env
+
+    hidden = tmp_path / "hidden"
+    row = run_single_process(ScoreParams(source=str(src), out=str(hidden)), secret_from_env())
+    assert row["pseudonymised"] and row["studies_scored"] == 2
+    scores = TableStore(str(hidden)).read("study_scores").to_pylist()
+    assert all(len(r["study_key"]) == 64 and len(r["patient_key"]) == 64 for r in scores)
+    strings = _strings(hidden)
+    assert not any(k in s for k in raw_keys for s in strings)
+    assert not any("SYN-" in s or str(tmp_path) in s for s in strings)
+    assert "a registry secret" not in " ".join(strings)
+    assert all((hidden / "masks" / f"{r['study_key']}.nii.gz").is_file() for r in scores)
