@@ -17,8 +17,9 @@ runner = CliRunner()
 
 
 def test_help_imports_nothing_heavy():
-    code = ("import sys, calcpipe.cli; heavy = {'torch', 'pydicom', 'numpy', 'gdcm', 'prefect', 'distributed', 'deltalake', 'duckdb'} "
-            "& set(sys.modules); print(sorted(heavy)); sys.exit(1 if heavy else 0)")
+    code = ("import sys, calcpipe.cli; heavy = {'torch', 'pydicom', 'numpy', 'gdcm', "
+            "'prefect', 'distributed', 'deltalake', 'duckdb'} & set(sys.modules); "
+            "print(sorted(heavy)); sys.exit(1 if heavy else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     help_run = subprocess.run([sys.executable, "-m", "calcpipe.cli", "--help"],
