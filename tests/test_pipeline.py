@@ -85,6 +85,11 @@ def test_flow_scores_incrementally_and_matches_a_single_process_run(
     assert store.read("vessel_scores").num_rows == 3 * 10  # 7 labels + CAC, AC, TOTAL
     assert (out / "report" / "summary.md").read_text().count("| LAD |") == 1
     assert str(out) in (out / "data_catalog.yaml").read_text()
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get("calcpipe-run-summary", _sync=True)  # type: ignore[call-arg]
+    assert artifact is not None and first["run_id"] in artifact.data
+    assert "| CAC category | studies |" in artifact.data
 
     versions = {name: store.version(name) for name in TABLES}
     second = flow(src, out, dask_address)

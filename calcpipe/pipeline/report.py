@@ -111,7 +111,8 @@ def print_summary(console: Any, params: Any, row: dict[str, Any]) -> None:
     from calcpipe.tables.store import join
 
     options = params.storage_options or None
-    counts = Table(title=f"calcpipe run {row['run_id']}", show_header=False)
+    counts = Table(title="calcpipe run", show_header=False)
+    counts.add_row("run id", row["run_id"])
     for label, key in (("objects listed", "objects_listed"), ("headers read", "headers_read"),
                        ("studies found", "studies_found"),
                        ("already done", "studies_skipped"), ("scored", "studies_scored"),
