@@ -17,6 +17,7 @@ from typing import Any
 
 from calcpipe.flows.cluster import SegmenterPlugin, cluster_client, score_on_worker, torch_threads
 from distributed import Client, as_completed
+from distributed.scheduler import KilledWorker
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -26,7 +27,7 @@ from calcpipe.pipeline.index import IndexResult
 from calcpipe.pipeline.params import ScoreParams, secret_from_env
 from calcpipe.pipeline.plan import Plan, StudyItem
 from calcpipe.pipeline.run import Run
-from calcpipe.pipeline.work import StudyOutcome
+from calcpipe.pipeline.work import StudyOutcome, failed_outcome
 
 
 @task(name="index", cache_policy=NO_CACHE)
@@ -64,18 +65,25 @@ def score_shard(run: Run, client: Client, shard: list[StudyItem], number: int, t
                              p.storage_options or None, run.secret, p.rescore,
                              key=f"score-{item.result_id}-{run.run_id}", pure=False)
 
+    items: dict[str, StudyItem] = {}
+
+    def submit_item(item: StudyItem) -> Any:
+        future = submit(item)
+        items[future.key] = item
+        return future
+
     pending = iter(shard)
-    first = [submit(i) for _, i in zip(range(p.in_flight), pending, strict=False)]
+    first = [submit_item(i) for _, i in zip(range(p.in_flight), pending, strict=False)]
     window = as_completed(first, loop=client.loop)
     outcomes = []
     for future in window:
-        outcomes.append(future.result())
+        outcomes.append(_outcome(future, items[future.key], run))
         future.release()
         if progress is not None:
             progress.advance()
         following = next(pending, None)
         if following is not None:
-            window.add(submit(following))
+            window.add(submit_item(following))
     seconds = time.perf_counter() - start
     run.counts.timings["score_s"] += seconds
     failed = sum(o.failure is not None for o in outcomes)
@@ -83,6 +91,20 @@ def score_shard(run: Run, client: Client, shard: list[StudyItem], number: int, t
                           number, total, len(shard), failed, seconds,
                           len(shard) / seconds if seconds else 0.0)
     return outcomes
+
+
+def _outcome(future: Any, item: StudyItem, run: Run) -> StudyOutcome:
+    """The study's outcome; a study whose task died with its workers (``KilledWorker``
+    after Dask's allowed retries) or could not run becomes a failure, not a failed shard."""
+    try:
+        return future.result()
+    except KilledWorker as e:
+        return failed_outcome(item, run.provenance, "score", "worker_lost",
+                              f"the study's task killed its worker repeatedly: {e}",
+                              fix="inspect the study; it may exhaust worker memory")
+    except Exception as e:
+        return failed_outcome(item, run.provenance, "score", "internal_error",
+                              f"{type(e).__name__}: {e}")
 
 
 @task(name="commit", cache_policy=NO_CACHE)

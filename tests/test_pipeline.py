@@ -271,3 +271,98 @@ def test_tables_hold_no_paths_and_keys_are_pseudonymised_when_a_key_is_set(
     assert not any("SYN-" in s or str(tmp_path) in s for s in strings)
     assert "a registry secret" not in " ".join(strings)
     assert all((hidden / "masks" / f"{r['study_key']}.nii.gz").is_file() for r in scores)
+
+
+def _single(source: str, out: str, barrier: Any) -> None:
+    """A single-process run that waits, after planning, until the other run has planned
+    too: both then score the same studies and race to commit them."""
+    from calcpipe.pipeline import Run
+    from calcpipe.pipeline.run import load_segmenter
+    from calcpipe.pipeline.work import score_study
+
+    run = Run(ScoreParams(source=source, out=out), None)
+    planned = run.plan(run.index(lambda batches: [run.read_batch(b) for b in batches]))
+    assert len(planned.items) == 2
+    barrier.wait(timeout=120)
+    segmenter = load_segmenter("default", "cpu", "fp32", 1)
+    run.commit([score_study(item, segmenter, run.provenance, out_root=out,
+                            storage_options=None, secret=None) for item in planned.items])
+    run.finish()
+
+
+def test_two_runs_on_one_cohort_at_once_commit_each_result_once(pool, tmp_path):
+    import multiprocessing
+
+    src, out = cohort(pool, tmp_path / "src", [0, 1]), tmp_path / "out"
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    runs = [context.Process(target=_single, args=(str(src), str(out), barrier))
+            for _ in range(2)]
+    for process in runs:
+        process.start()
+    for process in runs:
+        process.join(timeout=300)
+        assert process.exitcode == 0
+    store = TableStore(str(out))
+    results = store.read("study_scores").column("result_id").to_pylist()
+    assert len(results) == len(set(results)) == 2
+    runs_table = store.read("runs").to_pylist()
+    assert len(runs_table) == 2 and sum(r["studies_scored"] for r in runs_table) == 2
+    assert store.read("vessel_scores").num_rows == 2 * 10
+    lesion_runs = set(store.read("lesions").column("run_id").to_pylist())
+    assert lesion_runs <= set(store.read("study_scores").column("run_id").to_pylist())
+
+
+class _PoisonPlugin:
+    """Makes one study kill its worker process every time it is scored."""
+
+    name = "calcpipe-test-poison"
+
+    def __init__(self, study_key: str) -> None:
+        self.study_key = study_key
+        self.original: Any = None
+
+    def setup(self, worker: Any) -> None:
+        import os
+
+        import calcpipe.flows.cluster as cluster
+
+        self.original = original = cluster.score_study
+        key = self.study_key
+
+        def poisoned(item: Any, *args: Any, **kwargs: Any) -> Any:
+            if item.study_key == key:
+                os._exit(1)
+            return original(item, *args, **kwargs)
+
+        cluster.score_study = poisoned
+
+    def teardown(self, worker: Any) -> None:
+        import calcpipe.flows.cluster as cluster
+
+        if self.original is not None:
+            cluster.score_study = self.original
+
+
+def test_a_study_that_kills_its_workers_becomes_one_failure_row(
+        prefect_api, dask_address, pool, tmp_path):
+    import sys
+
+    import cloudpickle
+    import pydicom
+    from distributed import Client, WorkerPlugin
+
+    src, out = cohort(pool, tmp_path / "src", [3, 4, 5]), tmp_path / "out"
+    poison = str(pydicom.dcmread(next((src / "study_00004").rglob("*.dcm")),
+                                 stop_before_pixels=True).StudyInstanceUID)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
+    plugin = type("PoisonPlugin", (_PoisonPlugin, WorkerPlugin), {})(poison)
+    with Client(dask_address, set_as_default=False) as client:
+        client.register_plugin(plugin)
+        try:
+            row = flow(src, out, dask_address)
+        finally:
+            client.unregister_worker_plugin(plugin.name)
+    assert [(f["study_key"], f["stage"], f["code"]) for f in rows(out, "failures")] == [
+        (poison, "score", "worker_lost")]
+    assert (row["studies_scored"], row["studies_failed"]) == (2, 1)

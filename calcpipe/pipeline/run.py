@@ -4,12 +4,14 @@
 them as tasks and fans work out on Dask, and :func:`run_single_process` calls them in one
 process (the reference the flow's rows are tested against).
 
-Commit protocol (per shard, one writer: the flow process): ``failures`` rows; then, for
-the results scored, any leftover ``lesions``/``vessel_scores`` rows of the same results
-(from an attempt that died half-way) are deleted, the new rows appended, and
-``study_scores`` appended last. Each append is one Delta commit; a result exists once its
-``study_scores`` row does, and the catalog's views join on it, so readers never see half a
-result.
+Commit protocol (per shard, in the flow process): ``failures`` rows; the results'
+``lesions`` and ``vessel_scores`` rows; then the ``study_scores`` rows, inserted only where
+the ``result_id`` is absent (an atomic Delta merge, retried on conflict). A result exists
+once its ``study_scores`` row does, and belongs to the run named there: the catalog's views
+join on (result_id, run_id), so readers never see half a result, and the committing run
+then deletes every other run's rows of its results (its own when a concurrent run won, an
+earlier attempt's that died before its marker). So a result is committed at most once even
+with two runs on one cohort at the same time.
 """
 
 from __future__ import annotations
@@ -175,21 +177,51 @@ class Run:
         scored = [o for o in outcomes if o.study_row is not None]
         self.store.append("failures", to_table("failures", failures))
         self._count_failures(failures)
-        ids = [o.result_id for o in scored]
-        for name in RESULT_TABLES:
-            left = self.store.dataset(name).to_table(columns=["result_id"]).column(
-                "result_id").to_pylist()
-            stale = sorted(set(left) & set(ids))
-            if stale:
-                self.store.delete_results(name, stale)
-        self.store.append("lesions", to_table(
-            "lesions", [r for o in scored for r in o.lesion_rows]))
-        self.store.append("vessel_scores", to_table(
-            "vessel_scores", [r for o in scored for r in o.vessel_rows]))
-        self.store.append("study_scores", to_table(
-            "study_scores", [o.study_row for o in scored if o.study_row is not None]))
-        self.counts.studies_scored += len(scored)
+        if scored:
+            ids = [o.result_id for o in scored]
+            self.store.append("lesions", to_table(
+                "lesions", [r for o in scored for r in o.lesion_rows]))
+            self.store.append("vessel_scores", to_table(
+                "vessel_scores", [r for o in scored for r in o.vessel_rows]))
+            # the marker, insert-if-absent: a result is committed at most once
+            self.store.insert_absent("study_scores", to_table(
+                "study_scores", [o.study_row for o in scored if o.study_row is not None]),
+                key="result_id")
+            winners = self._winners(ids)
+            self.counts.studies_scored += sum(winners.get(i) == self.run_id for i in ids)
+            self._drop_losers(ids, winners)
         self.counts.timings["score_s"] += time.perf_counter() - start
+
+    def _winners(self, ids: list[str]) -> dict[str, str]:
+        """result_id -> the run_id whose study_scores row committed it."""
+        import pyarrow.compute as pc
+        import pyarrow.dataset as pads
+
+        table = self.store.dataset("study_scores").to_table(
+            columns=["result_id", "run_id"],
+            filter=pc.field("result_id").isin(ids) if ids else pads.field("result_id") == "")
+        return dict(zip(table.column("result_id").to_pylist(),
+                        table.column("run_id").to_pylist(), strict=True))
+
+    def _drop_losers(self, ids: list[str], winners: dict[str, str]) -> None:
+        """Delete result rows of these results not written by the committing run: ours when
+        a concurrent run won, or an earlier attempt's that died before its marker."""
+        from calcpipe.tables.store import quoted
+
+        keep = [f"{rid}:{run}" for rid, run in winners.items()]
+        predicate = f"result_id IN ({quoted(ids)})"
+        if keep:
+            predicate += f" AND concat(result_id, ':', run_id) NOT IN ({quoted(keep)})"
+        for name in RESULT_TABLES:
+            import pyarrow.compute as pc
+
+            rows = self.store.dataset(name).to_table(
+                columns=["result_id", "run_id"], filter=pc.field("result_id").isin(ids))
+            stale = any(f"{r}:{u}" not in set(keep) for r, u in zip(
+                rows.column("result_id").to_pylist(), rows.column("run_id").to_pylist(),
+                strict=True))
+            if stale:
+                self.store.delete(name, predicate)
 
     def _count_failures(self, failures: list[dict[str, Any]]) -> None:
         self.counts.studies_failed += len(failures)

@@ -94,6 +94,18 @@ def read_mask(out_root: str, storage_options: Mapping[str, Any] | None,
     return np.asarray(image.dataobj).astype(np.uint8).transpose(2, 1, 0)
 
 
+def failed_outcome(item: StudyItem, provenance: Provenance, stage: str, code: str,
+                   message: str, attribute: str | None = None, fix: str | None = None, *,
+                   seconds: float = 0.0) -> StudyOutcome:
+    """An outcome holding one ``failures`` row (object paths removed from the message)."""
+    for url in item.urls:
+        message = message.replace(url, "<object>")
+    return StudyOutcome(item.result_id, failure=failure_row(
+        item.result_id, item.study_key, item.input_fingerprint, stage, code, message,
+        attribute, fix, attempt=item.attempt, provenance=provenance,
+        when=dt.datetime.now(dt.UTC)), seconds=seconds)
+
+
 def score_study(
     item: StudyItem, segmenter: Segmenter | None, provenance: Provenance, *,
     out_root: str, storage_options: Mapping[str, Any] | None, secret: bytes | None,
@@ -137,12 +149,8 @@ def score_study(
             message = e.message
         else:
             message = f"{type(e).__name__}: {e}"
-        for url in item.urls:
-            message = message.replace(url, "<object>")
-        return StudyOutcome(item.result_id, failure=failure_row(
-            item.result_id, item.study_key, item.input_fingerprint, stage, code, message,
-            attribute, fix, attempt=item.attempt, provenance=provenance,
-            when=dt.datetime.now(dt.UTC)), seconds=time.perf_counter() - start)
+        return failed_outcome(item, provenance, stage, code, message, attribute, fix,
+                              seconds=time.perf_counter() - start)
 
     prov = provenance.row()
     keys = {"result_id": item.result_id, "study_key": item.study_key}

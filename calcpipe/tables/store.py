@@ -104,13 +104,71 @@ class TableStore:
         if table.num_rows == 0:
             return
         table = table.select(arrow_schema(name).names).cast(arrow_schema(name))
-        write_deltalake(self.uri(name), table, mode="append",
-                        storage_options=self._delta_options)
+        _retrying(lambda: write_deltalake(self.uri(name), table, mode="append",
+                                          storage_options=self._delta_options))
 
-    def delete_results(self, name: str, result_ids: list[str]) -> None:
-        """Delete the rows of the given results (one commit; nothing when none match)."""
-        table = self._delta(name)
-        if table is None or not result_ids:
+    def insert_absent(self, name: str, table: pa.Table, key: str) -> None:
+        """Insert the rows whose ``key`` is not in the table yet (one atomic merge; safe
+        against concurrent writers: a conflicting commit is retried on the new snapshot)."""
+        from deltalake import write_deltalake
+        from deltalake.exceptions import DeltaError
+
+        if table.num_rows == 0:
             return
-        quoted = ", ".join("'" + r.replace("'", "''") + "'" for r in sorted(set(result_ids)))
-        table.delete(f"result_id IN ({quoted})")
+        table = table.select(arrow_schema(name).names).cast(arrow_schema(name))
+
+        def once() -> None:
+            current = self._delta(name)
+            if current is None:
+                try:
+                    write_deltalake(self.uri(name), table, mode="error",
+                                    storage_options=self._delta_options)
+                    return
+                except DeltaError:  # created meanwhile by another writer: merge into it
+                    current = self._delta(name)
+            current.merge(table, predicate=f"t.{key} = s.{key}", source_alias="s",
+                          target_alias="t").when_not_matched_insert_all().execute()
+
+        _retrying(once)
+
+    def delete(self, name: str, predicate: str) -> None:
+        """Delete the rows matching a SQL predicate (one commit)."""
+        table = self._delta(name)
+        if table is not None:
+            _retrying(lambda: self._delta(name).delete(predicate))
+
+
+def quoted(values: list[str]) -> str:
+    """SQL string literals, comma-separated."""
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in sorted(set(values)))
+
+
+#: Attempts and first back-off (doubling) for Delta commits that conflict or hit a
+#: transient object-store error.
+COMMIT_ATTEMPTS, COMMIT_BACKOFF_S = 8, 0.05
+
+
+def _retrying(operation: Any) -> Any:
+    import random
+    import time
+
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            return operation()
+        except (CommitFailedError, DeltaError, OSError) as e:
+            if attempt == COMMIT_ATTEMPTS - 1 or not _transient(e):
+                raise
+            time.sleep(COMMIT_BACKOFF_S * 2**attempt * (1 + random.random()))
+    return None
+
+
+def _transient(error: Exception) -> bool:
+    from deltalake.exceptions import CommitFailedError
+
+    if isinstance(error, CommitFailedError | OSError):
+        return True
+    text = str(error).lower()
+    return any(word in text for word in ("conflict", "timeout", "timed out", "connection",
+                                         "503", "500", "slow down", "throttl", "transaction"))
