@@ -340,6 +340,56 @@ def _csv(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
 
 
 @app.command()
+def housekeeping(
+    out: str = typer.Argument(..., help="Output folder or URL of calcpipe score."),
+    retention_hours: int = typer.Option(
+        168, min=0, help="Keep unreferenced files younger than this (readers of old "
+        "snapshots and time travel need them)."),
+    dry_run: bool = typer.Option(False, help="Only count what vacuum would delete."),
+    endpoint_url: str = typer.Option(None, help="S3-compatible endpoint."),
+) -> None:
+    """Compact the tables' small files and vacuum unreferenced ones."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from calcpipe.tables.housekeeping import housekeep
+
+    options = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else None
+    table = Table("table", "files before", "files after", "vacuumed", "version")
+    for t in housekeep(out, options, retention_hours=retention_hours, dry_run=dry_run):
+        table.add_row(t.table, str(t.files_before), str(t.files_after),
+                      str(t.files_vacuumed), f"{t.version_before} -> {t.version_after}")
+    Console().print(table)
+
+
+@app.command()
+def serve(
+    source: str = typer.Argument(..., help="Cohort folder or URL."),
+    out: str = typer.Option(..., "--out", help="Output folder or URL."),
+    cohort: str = typer.Option("cohort", help="Cohort name (names the deployments)."),
+    workers: int = typer.Option(2, min=1, help="Dask workers of the local cluster."),
+    cluster: str = typer.Option("local", help="'local' or a scheduler address."),
+    nightly: str = typer.Option("0 2 * * *", help="Cron of the incremental scoring run."),
+    weekly: str = typer.Option("0 4 * * 0", help="Cron of the housekeeping run."),
+    secret_block: str = typer.Option(None, help="Prefect Secret block of the key."),
+) -> None:
+    """Serve the nightly scoring and weekly housekeeping schedules from this machine."""
+    import os
+
+    from calcpipe.pipeline.params import ScoreParams
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect import serve as prefect_serve
+
+    from calcpipe.flows.deployments import deployments
+
+    params = ScoreParams(source=source, out=out, cohort=cohort, workers=workers,
+                         cluster=cluster)
+    prefect_serve(*deployments(params, nightly_cron=nightly, weekly_cron=weekly,
+                               secret_block=secret_block))
+
+
+@app.command()
 def profiles() -> None:
     """List the scoring profiles, with one example volume scored under each."""
     from calcpipe.scoring.comparison import comparison_table

@@ -1,0 +1,65 @@
+"""Housekeeping (compaction and vacuum) keeps every row; deployments are well formed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from calcpipe.catalog import VIEWS, open_catalog
+from calcpipe.pipeline import ScoreParams, run_single_process
+from calcpipe.tables import TABLES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _everything(out: Path) -> dict[str, list[tuple[object, ...]]]:
+    catalog = open_catalog(out)
+    return {name: sorted(catalog.query(f"SELECT * FROM {name}").fetchall(), key=repr)
+            for name in (*TABLES, *VIEWS)}
+
+
+def test_compaction_and_vacuum_keep_every_query_result(prefect_api, tmp_path):
+    from calcpipe.flows.housekeeping import housekeeping
+    from calcpipe.synthetic import write_cohort
+
+    source = write_cohort(tmp_path / "cohort", studies=3, seed=5, matrix=64, workers=1)
+    out = tmp_path / "out"
+    for profile in ("standard", "siemens"):  # two runs: several small files per table
+        run_single_process(ScoreParams(source=str(source), out=str(out), profile=profile,
+                                       shard_size=1))
+    before = _everything(out)
+    report = {t["table"]: t for t in housekeeping(out=str(out), retention_hours=0)}
+    assert report["vessel_scores"]["files_before"] == 6
+    assert report["vessel_scores"]["files_after"] == 1
+    assert report["vessel_scores"]["files_vacuumed"] == 6
+    assert _everything(out) == before
+    parquet_files = list((out / "tables" / "vessel_scores").glob("*.parquet"))
+    assert len(parquet_files) == 1  # the vacuum really deleted the compacted files
+
+
+def test_serve_builds_a_nightly_and_a_weekly_deployment(tmp_path):
+    from calcpipe.flows.deployments import deployments
+
+    params = ScoreParams(source=str(tmp_path / "src"), out=str(tmp_path / "out"),
+                         cohort="registry")
+    nightly, weekly = deployments(params)
+    assert nightly.name == "registry-nightly" and weekly.name == "registry-weekly-housekeeping"
+    assert nightly.schedules[0].schedule.cron == "0 2 * * *"
+    assert weekly.schedules[0].schedule.cron == "0 4 * * 0"
+    assert ScoreParams(**nightly.parameters["params"]) == params
+    assert weekly.parameters["out"] == params.out
+
+
+def test_prefect_yaml_points_at_real_flows_with_valid_parameters():
+    import importlib
+
+    document = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    names = {d["name"]: d for d in document["deployments"]}
+    assert set(names) == {"cohort-nightly", "weekly-housekeeping"}
+    for deployment in names.values():
+        path, function = deployment["entrypoint"].split(":")
+        module = importlib.import_module("calcpipe.flows." + Path(path).stem)
+        assert hasattr(getattr(module, function), "to_deployment")
+        assert deployment["schedules"][0]["cron"]
+    ScoreParams(**names["cohort-nightly"]["parameters"]["params"])
