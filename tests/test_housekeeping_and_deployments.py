@@ -21,6 +21,7 @@ def _everything(out: Path) -> dict[str, list[tuple[object, ...]]]:
 
 def test_compaction_and_vacuum_keep_every_query_result(prefect_api, tmp_path):
     from calcpipe.flows.housekeeping import housekeeping
+
     from calcpipe.synthetic import write_cohort
 
     source = write_cohort(tmp_path / "cohort", studies=3, seed=5, matrix=64, workers=1)
