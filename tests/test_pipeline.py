@@ -314,12 +314,13 @@ def test_two_runs_on_one_cohort_at_once_commit_each_result_once(pool, tmp_path):
 
 
 class _PoisonPlugin:
-    """Makes one study kill its worker process every time it is scored."""
+    """Makes one study kill its worker process when it is scored: every time, or only the
+    first time when ``once`` names a marker file (shared by the worker processes)."""
 
     name = "calcpipe-test-poison"
 
-    def __init__(self, study_key: str) -> None:
-        self.study_key = study_key
+    def __init__(self, study_key: str, once: str | None = None) -> None:
+        self.study_key, self.once = study_key, once
         self.original: Any = None
 
     def setup(self, worker: Any) -> None:
@@ -328,10 +329,17 @@ class _PoisonPlugin:
         import calcpipe.flows.cluster as cluster
 
         self.original = original = cluster.score_study
-        key = self.study_key
+        key, once = self.study_key, self.once
 
         def poisoned(item: Any, *args: Any, **kwargs: Any) -> Any:
             if item.study_key == key:
+                if once is None:
+                    os._exit(1)
+                try:
+                    with open(once, "x"):
+                        pass
+                except FileExistsError:
+                    return original(item, *args, **kwargs)
                 os._exit(1)
             return original(item, *args, **kwargs)
 
@@ -344,25 +352,73 @@ class _PoisonPlugin:
             cluster.score_study = self.original
 
 
-def test_a_study_that_kills_its_workers_becomes_one_failure_row(
-        prefect_api, dask_address, pool, tmp_path):
+def _poisoned_flow(dask_address: str, src: Path, out: Path, study: str,
+                   once: str | None = None) -> tuple[str, dict[str, Any]]:
     import sys
 
     import cloudpickle
     import pydicom
     from distributed import Client, WorkerPlugin
 
-    src, out = cohort(pool, tmp_path / "src", [3, 4, 5]), tmp_path / "out"
-    poison = str(pydicom.dcmread(next((src / "study_00004").rglob("*.dcm")),
+    poison = str(pydicom.dcmread(next((src / study).rglob("*.dcm")),
                                  stop_before_pixels=True).StudyInstanceUID)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
-    plugin = type("PoisonPlugin", (_PoisonPlugin, WorkerPlugin), {})(poison)
+    plugin = type("PoisonPlugin", (_PoisonPlugin, WorkerPlugin), {})(poison, once)
     with Client(dask_address, set_as_default=False) as client:
         client.register_plugin(plugin)
         try:
-            row = flow(src, out, dask_address)
+            return poison, flow(src, out, dask_address)
         finally:
             client.unregister_worker_plugin(plugin.name)
+
+
+def test_a_study_that_kills_its_workers_becomes_one_failure_row(
+        prefect_api, dask_address, pool, tmp_path):
+    src, out = cohort(pool, tmp_path / "src", [3, 4, 5]), tmp_path / "out"
+    poison, row = _poisoned_flow(dask_address, src, out, "study_00004")
     assert [(f["study_key"], f["stage"], f["code"]) for f in rows(out, "failures")] == [
         (poison, "score", "worker_lost")]
     assert (row["studies_scored"], row["studies_failed"]) == (2, 1)
+
+
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(
+        prefect_api, dask_address, pool, tmp_path):
+    src, out = cohort(pool, tmp_path / "src", [0, 3, 4]), tmp_path / "out"
+    _, row = _poisoned_flow(dask_address, src, out, "study_00003",
+                            once=str(tmp_path / "killed-once"))
+    assert (tmp_path / "killed-once").exists()  # the worker did die
+    assert (row["studies_scored"], row["studies_failed"]) == (3, 0)
+    results = TableStore(str(out)).read("study_scores").column("result_id").to_pylist()
+    assert len(results) == len(set(results)) == 3
+    assert TableStore(str(out)).read("vessel_scores").num_rows == 30
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_flow_killed_between_commits_resumes_with_one_result_per_study(
+        prefect_api, dask_address, pool, tmp_path, monkeypatch):
+    from calcpipe.tables.store import TableStore as Store
+
+    src, out = cohort(pool, tmp_path / "src", [0, 1, 2, 5]), tmp_path / "out"
+    original, calls = Store.insert_absent, []
+
+    def dies_on_second_marker(self: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # shard 2's rows are appended, its marker never is
+            raise _Killed("the flow process is killed")
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "insert_absent", dies_on_second_marker)
+    with pytest.raises(_Killed, match="killed"):
+        flow(src, out, dask_address)  # shards of 2 studies
+    monkeypatch.setattr(Store, "insert_absent", original)
+    store = TableStore(str(out))
+    assert store.read("study_scores").num_rows == 2
+    assert store.read("vessel_scores").num_rows == 40  # shard 2's rows, without marker
+    resumed = flow(src, out, dask_address)
+    assert (resumed["studies_skipped"], resumed["studies_scored"]) == (2, 2)
+    results = store.read("study_scores").column("result_id").to_pylist()
+    assert len(results) == len(set(results)) == 4
+    assert store.read("vessel_scores").num_rows == 40

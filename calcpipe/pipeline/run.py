@@ -193,19 +193,23 @@ class Run:
         self.counts.timings["score_s"] += time.perf_counter() - start
 
     def _winners(self, ids: list[str]) -> dict[str, str]:
-        """result_id -> the run_id whose study_scores row committed it."""
-        import pyarrow.compute as pc
-        import pyarrow.dataset as pads
+        """result_id -> the run_id whose study_scores row committed it.
 
-        table = self.store.dataset("study_scores").to_table(
-            columns=["result_id", "run_id"],
-            filter=pc.field("result_id").isin(ids) if ids else pads.field("result_id") == "")
+        Filtered in memory: merge commits write string_view columns, and pyarrow cannot
+        push a string filter down to a dataset mixing both physical types."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table = self.store.read("study_scores", ["result_id", "run_id"])
+        keys = table.column("result_id").cast(pa.string())
+        table = table.filter(pc.is_in(keys, value_set=pa.array(ids, pa.string())))
         return dict(zip(table.column("result_id").to_pylist(),
                         table.column("run_id").to_pylist(), strict=True))
 
     def _drop_losers(self, ids: list[str], winners: dict[str, str]) -> None:
         """Delete result rows of these results not written by the committing run: ours when
-        a concurrent run won, or an earlier attempt's that died before its marker."""
+        a concurrent run won, or an earlier attempt's that died before its marker. (A
+        delete that matches nothing commits nothing.)"""
         from calcpipe.tables.store import quoted
 
         keep = [f"{rid}:{run}" for rid, run in winners.items()]
@@ -213,15 +217,7 @@ class Run:
         if keep:
             predicate += f" AND concat(result_id, ':', run_id) NOT IN ({quoted(keep)})"
         for name in RESULT_TABLES:
-            import pyarrow.compute as pc
-
-            rows = self.store.dataset(name).to_table(
-                columns=["result_id", "run_id"], filter=pc.field("result_id").isin(ids))
-            stale = any(f"{r}:{u}" not in set(keep) for r, u in zip(
-                rows.column("result_id").to_pylist(), rows.column("run_id").to_pylist(),
-                strict=True))
-            if stale:
-                self.store.delete(name, predicate)
+            self.store.delete(name, predicate)
 
     def _count_failures(self, failures: list[dict[str, Any]]) -> None:
         self.counts.studies_failed += len(failures)
