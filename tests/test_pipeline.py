@@ -422,3 +422,24 @@ def test_a_flow_killed_between_commits_resumes_with_one_result_per_study(
     results = store.read("study_scores").column("result_id").to_pylist()
     assert len(results) == len(set(results)) == 4
     assert store.read("vessel_scores").num_rows == 40
+
+
+def test_transient_s3_faults_are_retried_and_lose_nothing(pool, tmp_path, local_s3):
+    from calcpipe.ingest.local_s3 import FlakyProxy
+
+    src = cohort(pool, tmp_path / "src", [0, 1])
+    url = local_s3.upload(src, "s3://calcpipe-flaky/cohort")
+    clean = {"client_kwargs": {"endpoint_url": local_s3.endpoint_url},
+             "skip_instance_cache": True}
+    run_single_process(ScoreParams(source=url, out="s3://calcpipe-flaky/clean",
+                                   storage_options=clean))
+    with FlakyProxy(local_s3.endpoint_url, every=7) as proxy:
+        flaky = {"client_kwargs": {"endpoint_url": proxy.endpoint_url},
+                 "skip_instance_cache": True}
+        row = run_single_process(ScoreParams(source=url, out="s3://calcpipe-flaky/flaky",
+                                             storage_options=flaky))
+    assert proxy.injected >= 10, proxy.injected  # faults were really injected
+    assert (row["studies_scored"], row["studies_failed"]) == (2, 0)
+    for name in (*RESULT_TABLES, "dicom_instances"):
+        assert rows("s3://calcpipe-flaky/flaky", name, storage_options=clean) == rows(
+            "s3://calcpipe-flaky/clean", name, storage_options=clean), name
