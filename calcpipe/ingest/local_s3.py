@@ -115,7 +115,7 @@ class FlakyProxy:
                     if self.command != "HEAD":
                         self.wfile.write(payload)
                     return
-                connection = http.client.HTTPConnection(target.hostname, target.port,
+                connection = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port,
                                                         timeout=60)
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in ("connection", "keep-alive")}
