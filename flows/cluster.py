@@ -68,6 +68,8 @@ def cluster_client(params: ScoreParams) -> Iterator[Client]:
 
 def torch_threads(params: ScoreParams) -> int | None:
     """Threads per worker for the network on a local cluster (cores shared evenly)."""
+    if params.torch_threads is not None:
+        return params.torch_threads
     if "://" in params.cluster:
         return None
     cores = os.cpu_count() or 1

@@ -17,7 +17,9 @@ class ScoreParams(BaseModel):
     ``source`` and ``out`` are local paths or fsspec URLs. ``cluster`` is ``"local"`` (a
     ``distributed.LocalCluster`` of ``workers`` processes), ``"local-threads"`` (one process,
     ``workers`` threads) or the address of an existing Dask scheduler
-    (``tcp://host:8786``). ``storage_options`` are fsspec options for both source and out
+    (``tcp://host:8786``). ``torch_threads``: threads of the network per worker (default:
+    the cores shared evenly among the workers of a local cluster; torch's own default on a
+    remote one). ``storage_options`` are fsspec options for both source and out
     (e.g. an S3 ``endpoint_url``); put credentials in the environment, not here.
     """
 
@@ -32,6 +34,7 @@ class ScoreParams(BaseModel):
     in_flight: int = Field(default=8, ge=1, le=10_000)
     cluster: str = "local"
     workers: int = Field(default=2, ge=1, le=4096)
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
     device: str = "auto"
     precision: str = "fp32"
     rescore: bool = False

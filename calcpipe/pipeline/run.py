@@ -260,7 +260,8 @@ def run_single_process(params: ScoreParams, secret: bytes | None = None,
     indexed = run.index(lambda batches: [run.read_batch(b) for b in batches])
     planned = run.plan(indexed)
     segmenter = None if params.rescore else load_segmenter(
-        params.model, params.device, params.precision, threads)
+        params.model, params.device, params.precision,
+        threads if threads is not None else params.torch_threads)
     for shard in planned.shards(params.shard_size):
         start = time.perf_counter()
         outcomes = [score_study(item, segmenter, run.provenance, out_root=run.store.root,
