@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_synthetic.py
 	$(PY) bench/bench_discovery.py
 	$(PY) bench/bench_segmentation.py
+	$(PY) bench/bench_pipeline.py
 
 # accuracy of the shipped model: about 10 minutes on 2 cores (outside CI)
 bench-accuracy: $(STAMP)

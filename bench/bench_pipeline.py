@@ -33,6 +33,7 @@ def main() -> None:
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         from calcpipe.flows.score_cohort import score_cohort
+
         from calcpipe.pipeline import ScoreParams, run_single_process
         from calcpipe.synthetic import write_cohort
 
