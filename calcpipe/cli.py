@@ -340,6 +340,24 @@ def _csv(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
 
 
 @app.command()
+def evaluate(
+    pred: str = typer.Option(..., "--pred", help="Output folder of calcpipe score."),
+    truth: Path = typer.Option(..., "--truth", help="Truth: a folder with labels/ and/or "
+                               "scores.parquet (or _truth/), or a scores CSV."),
+    report: Path = typer.Option(Path("evaluation"), "--report", help="Folder for results."),
+    profile: str = typer.Option("standard", help="Scoring profile of the results."),
+) -> None:
+    """Accuracy against ground truth: Dice (Table 2), Agatston agreement, risk categories."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from calcpipe.evaluation import run_evaluation
+
+    run_evaluation(pred, truth, report, profile=profile)
+    Console().print(Markdown((report / "evaluation.md").read_text()))
+
+
+@app.command()
 def housekeeping(
     out: str = typer.Argument(..., help="Output folder or URL of calcpipe score."),
     retention_hours: int = typer.Option(
