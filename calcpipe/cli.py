@@ -357,6 +357,22 @@ def evaluate(
     Console().print(Markdown((report / "evaluation.md").read_text()))
 
 
+@app.command("export-seg")
+def export_seg(
+    out: str = typer.Argument(..., help="Output folder of calcpipe score."),
+    source: str = typer.Option(..., "--source", help="The cohort folder that was scored."),
+    dest: Path = typer.Option(Path("seg"), "--dest", help="Folder for the SEG files."),
+    profile: str = typer.Option("standard", help="Profile of the results to export."),
+) -> None:
+    """Write the predicted masks as DICOM SEG referencing their CT series (pseudonymised
+    when CALCPIPE_PSEUDONYM_KEY is set)."""
+    from calcpipe.pipeline.params import secret_from_env
+    from calcpipe.seg import export_masks
+
+    written = export_masks(out, source, dest, secret=secret_from_env(), profile=profile)
+    typer.echo(f"{len(written)} DICOM SEG files in {dest}")
+
+
 @app.command()
 def housekeeping(
     out: str = typer.Argument(..., help="Output folder or URL of calcpipe score."),

@@ -92,3 +92,60 @@ def test_nifti_labels_import_on_the_matching_grid_only(study, tmp_path):
     with pytest.raises(AnnotationError) as e:
         from_nifti(tmp_path / "odd.nii.gz", volume.affine, volume.hu.shape)
     assert e.value.code == "unknown_label"
+
+
+def test_dicom_seg_round_trips_masks_and_references(study, tmp_path):
+    from calcpipe.seg import from_seg, to_seg
+
+    volume, truth, _ = study
+    seg = to_seg(volume.source_files, truth)
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path)
+    labels = from_seg(path, volume.series_uid, volume.sop_instance_uids)
+    np.testing.assert_array_equal(labels, truth)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == volume.series_uid
+    assert seg.StudyInstanceUID == volume.study_uid
+    with pytest.raises(AnnotationError) as e:
+        from_seg(path, "1.2.3.4", volume.sop_instance_uids)
+    assert e.value.code == "seg_other_series"
+    (tmp_path / "junk.dcm").write_bytes(b"no")
+    with pytest.raises(AnnotationError) as e:
+        from_seg(tmp_path / "junk.dcm", volume.series_uid, volume.sop_instance_uids)
+    assert e.value.code == "not_seg"
+
+
+def test_dicom_seg_is_pseudonymised_like_the_tables(study, tmp_path):
+    from calcpipe.seg import from_seg, pseudo_uid, to_seg
+
+    volume, truth, _ = study
+    secret = b"registry key"
+    seg = to_seg(volume.source_files, truth, secret=secret)
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path)
+    text = path.read_bytes()
+    assert b"SYN-" not in text and volume.study_uid.encode() not in text
+    assert volume.series_uid.encode() not in text
+    assert seg.StudyInstanceUID == pseudo_uid(volume.study_uid, secret)
+    labels = from_seg(path, pseudo_uid(volume.series_uid, secret),
+                      [pseudo_uid(u, secret) for u in volume.sop_instance_uids])
+    np.testing.assert_array_equal(labels, truth)
+
+
+def test_export_seg_writes_one_seg_per_scored_study(study, tmp_path):
+    from typer.testing import CliRunner
+
+    from calcpipe.cli import app
+    from calcpipe.pipeline import ScoreParams, run_single_process
+    from calcpipe.pipeline.work import read_mask
+    from calcpipe.seg import from_seg
+
+    volume, _, cohort = study
+    out = tmp_path / "out"
+    run_single_process(ScoreParams(source=str(cohort), out=str(out)))
+    result = CliRunner().invoke(app, ["export-seg", str(out), "--source", str(cohort),
+                                      "--dest", str(tmp_path / "seg")])
+    assert result.exit_code == 0 and "1 DICOM SEG files" in result.output, result.output
+    path = tmp_path / "seg" / f"{volume.study_uid}.seg.dcm"
+    np.testing.assert_array_equal(
+        from_seg(path, volume.series_uid, volume.sop_instance_uids),
+        read_mask(str(out), None, volume.study_uid))
