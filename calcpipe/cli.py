@@ -357,6 +357,24 @@ def evaluate(
     Console().print(Markdown((report / "evaluation.md").read_text()))
 
 
+@app.command()
+def report(
+    out: str = typer.Argument(..., help="Output folder of calcpipe score."),
+    source: str = typer.Option(..., "--source", help="The cohort folder that was scored."),
+    dest: Path = typer.Option(Path("report_html"), "--dest", help="Folder for index.html."),
+    truth: Path = typer.Option(None, "--truth", help="Ground truth (as for evaluate)."),
+    profile: str = typer.Option("standard", help="Profile of the results."),
+    gallery: int = typer.Option(12, min=0, help="Studies in the QC gallery."),
+) -> None:
+    """A static, self-contained HTML report: cohort, agreement, QC gallery."""
+    from calcpipe.htmlreport import write_html_report
+    from calcpipe.pipeline.params import secret_from_env
+
+    path = write_html_report(out, source, dest, truth=truth, profile=profile,
+                             gallery=gallery, secret=secret_from_env())
+    typer.echo(f"report: {path}")
+
+
 @app.command("export-seg")
 def export_seg(
     out: str = typer.Argument(..., help="Output folder of calcpipe score."),
