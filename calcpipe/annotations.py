@@ -180,3 +180,184 @@ def from_nifti(path: str | Path, affine: npt.NDArray[np.float64],
         raise AnnotationError(f"label values {unknown} are not canonical", code="unknown_label",
                               path=str(path), fix=f"use {dict(LABEL_NAMES)}")
     return labels
+
+
+# -- colour annotations (the paper's route) ------------------------------------------------
+
+#: The paper's annotation colours (Singh et al. 2021): LAD green, LCX blue, RCA yellow,
+#: aorta red. There is no colour for the left main: annotators draw it as part of the LAD,
+#: so LM calcium imported this way lands in LAD; aortic valve calcium lands in TAC.
+PAPER_COLOURS = {"LAD": (0, 255, 0), "LCX": (0, 0, 255), "RCA": (255, 255, 0),
+                 "TAC": (255, 0, 0)}
+#: Largest distance (RGB units) between a cluster centre and its reference colour.
+COLOUR_TOLERANCE = 60.0
+#: A pixel is "coloured" (drawn) when max(R,G,B) - min(R,G,B) exceeds this.
+SATURATION = 60
+
+
+def kmeans_colours(pixels: npt.NDArray[np.float64], initial: npt.NDArray[np.float64],
+                   iterations: int = 20) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.intp]]:
+    """Plain k-means on RGB values from the given initial centres; (centres, assignment).
+    Clusters that end up empty are dropped."""
+    centres = initial.astype(np.float64).copy()
+    assign = np.zeros(len(pixels), dtype=np.intp)
+    for _ in range(iterations):
+        distance = ((pixels[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+        assign = distance.argmin(axis=1)
+        moved = np.array([pixels[assign == k].mean(axis=0) if (assign == k).any()
+                          else centres[k] for k in range(len(centres))])
+        if np.allclose(moved, centres):
+            break
+        centres = moved
+    used = np.unique(assign)
+    remap = np.full(len(centres), -1)
+    remap[used] = np.arange(len(used))
+    return centres[used], remap[assign]
+
+
+def colour_labels(rgb: npt.NDArray[np.uint8], where: str = "") -> npt.NDArray[np.uint8]:
+    """Canonical labels of the drawn pixels of one RGB image (Y, X, 3), by k-means
+    clustering of their colours and the nearest paper colour of each cluster."""
+    image = np.asarray(rgb, dtype=np.int16)
+    drawn = (image.max(axis=2) - image.min(axis=2)) > SATURATION
+    labels = np.zeros(image.shape[:2], dtype=np.uint8)
+    if not drawn.any():
+        return labels
+    names = list(PAPER_COLOURS)
+    references = np.array([PAPER_COLOURS[n] for n in names], dtype=np.float64)
+    centres, assign = kmeans_colours(image[drawn].astype(np.float64), references)
+    values = np.zeros(len(centres), dtype=np.uint8)
+    for k, centre in enumerate(centres):
+        distance = np.sqrt(((references - centre) ** 2).sum(axis=1))
+        nearest = int(distance.argmin())
+        if distance[nearest] > COLOUR_TOLERANCE:
+            raise AnnotationError(
+                f"drawn colour {tuple(int(v) for v in centre)} matches no class (nearest "
+                f"{names[nearest]} at {distance[nearest]:.0f})", code="colour_matches_no_class",
+                path=where or None, fix="draw with the paper's colours: " + ", ".join(
+                    f"{n} {c}" for n, c in PAPER_COLOURS.items()))
+        values[k] = _VALUE[names[nearest]]
+    labels[drawn] = values[assign]
+    return labels
+
+
+def from_colour(files: list[str | Path], hu: npt.NDArray[np.integer],
+                affine: npt.NDArray[np.float64], *, kvp: float = 120.0) -> npt.NDArray[np.uint8]:
+    """Label map from RGB DICOM images drawn on the series' slices, each placed on the slice
+    at its ImagePositionPatient (the images must share the series' in-plane grid)."""
+    import pydicom
+
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    calcium = np.asarray(hu) >= _threshold(kvp)
+    to_voxel = np.linalg.inv(affine)
+    for file in files:
+        where = str(file)
+        ds = pydicom.dcmread(where)
+        if ds.get("PhotometricInterpretation") != "RGB":
+            raise AnnotationError("not an RGB image", code="not_colour_image", path=where,
+                                  attribute="PhotometricInterpretation")
+        position = [float(v) for v in ds.ImagePositionPatient]
+        z, r, c = (to_voxel @ np.array([*position, 1.0]))[:3]
+        k = round(z)
+        if abs(z - k) > 0.25 or not 0 <= k < hu.shape[0] or abs(r) > 0.25 or abs(c) > 0.25:
+            raise AnnotationError(
+                f"the image at {position} is not on a slice of the series",
+                code="position_outside_series", path=where, attribute="ImagePositionPatient")
+        rgb = ds.pixel_array
+        if rgb.shape[:2] != hu.shape[1:]:
+            raise AnnotationError(f"image matrix {rgb.shape[:2]} differs from the series "
+                                  f"{hu.shape[1:]}", code="grid_mismatch", path=where)
+        drawn = colour_labels(rgb, where)
+        labels[k] = np.where(calcium[k] & (drawn > 0), drawn, labels[k])
+    return labels
+
+
+def to_colour(folder: str | Path, hu: npt.NDArray[np.integer],
+              labels: npt.NDArray[np.integer], affine: npt.NDArray[np.float64],
+              spacing_mm: tuple[float, float, float]) -> list[Path]:
+    """RGB DICOM images of the slices with calcium, drawn in the paper's colours over the
+    windowed CT (the inverse of :func:`from_colour`, for tests and examples)."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from calcpipe.viz import window
+
+    colour_of = {1: "LAD", 2: "LAD", 3: "LCX", 4: "RCA", 5: "TAC", 6: "TAC"}  # LM -> LAD
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k in range(hu.shape[0]):
+        if not np.isin(labels[k], list(colour_of)).any():
+            continue
+        grey = window(hu[k])
+        rgb = np.repeat(grey[:, :, None], 3, axis=2)
+        for value, name in colour_of.items():
+            rgb[labels[k] == value] = PAPER_COLOURS[name]
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = SecondaryCaptureImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.Modality = "OT"
+        ds.ImagePositionPatient = [float(v) for v in (affine @ np.array([k, 0, 0, 1.0]))[:3]]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing = [float(spacing_mm[1]), float(spacing_mm[2])]
+        ds.Rows, ds.Columns = rgb.shape[:2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+        path = out / f"colour_{k:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        written.append(path)
+    return written
+
+
+# -- a cohort's annotations as training truth ---------------------------------------------
+
+FORMATS = ("osirix", "colour", "seg", "nifti")
+
+
+def import_cohort(cohort: str | Path, annotations: str | Path, fmt: str, *,
+                  log: Any = print) -> int:
+    """Convert the annotations of each study of ``cohort`` into its canonical truth label map
+    ``cohort/_truth/labels/<study_key>.nii.gz`` (what ``calcpipe train`` reads).
+
+    Annotations are found by study key: ``<key>.xml`` (osirix), ``<key>/`` holding RGB DICOM
+    images (colour), ``<key>.dcm`` (seg), ``<key>.nii.gz`` (nifti). Returns the number of
+    studies imported; studies without annotations are skipped (and logged).
+    """
+    from calcpipe.ingest import discover, load_study
+    from calcpipe.synthetic.truth import nifti_bytes
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: use one of {FORMATS}")
+    root, source = Path(cohort), Path(annotations)
+    target = root / "_truth" / "labels"
+    target.mkdir(parents=True, exist_ok=True)
+    done = 0
+    for choice in discover(root).studies:
+        key = choice.study.study_key
+        found = {"osirix": source / f"{key}.xml", "colour": source / key,
+                 "seg": source / f"{key}.dcm", "nifti": source / f"{key}.nii.gz"}[fmt]
+        if not found.exists():
+            log(f"skipping study {key}: no {fmt} annotation")
+            continue
+        volume = load_study(root, study_key=key)
+        kvp = float(volume.metadata.kvp or 120.0)
+        if fmt == "osirix":
+            labels = from_osirix(found, volume.hu, volume.affine, kvp=kvp)
+        elif fmt == "colour":
+            labels = from_colour(sorted(found.glob("*.dcm")), volume.hu, volume.affine, kvp=kvp)
+        elif fmt == "seg":
+            from calcpipe.seg import from_seg
+
+            labels = from_seg(found, volume.series_uid, volume.sop_instance_uids)
+        else:
+            labels = from_nifti(found, volume.affine, volume.hu.shape)
+        (target / f"{key}.nii.gz").write_bytes(nifti_bytes(labels, volume.affine))
+        done += 1
+    return done

@@ -214,9 +214,20 @@ def train(
     device: str = typer.Option("cpu", help="cpu or cuda."),
     seed: int = typer.Option(0, help="Split and training seed."),
     resume: bool = typer.Option(False, help="Resume from OUT's .resume.pt."),
+    annotations: Path = typer.Option(
+        None, help="Annotations to import first as the cohort's truth (see "
+        "calcpipe.annotations.import_cohort)."),
+    annotation_format: str = typer.Option(
+        "osirix", help="Format of --annotations: osirix, colour, seg or nifti."),
 ) -> None:
     """Train the U-Net on a labelled cohort (patient split 60/20/20) and report test accuracy."""
     import json
+
+    if annotations is not None:
+        from calcpipe.annotations import import_cohort
+
+        n = import_cohort(cohort, annotations, annotation_format, log=typer.echo)
+        typer.echo(f"imported {annotation_format} annotations of {n} studies")
 
     from calcpipe.models.accuracy import format_summary
     from calcpipe.models.train import TrainConfig, train_from_cohort
@@ -439,6 +450,20 @@ def serve(
                          cluster=cluster)
     prefect_serve(*deployments(params, nightly_cron=nightly, weekly_cron=weekly,
                                secret_block=secret_block))
+
+
+@app.command("import-annotations")
+def import_annotations(
+    cohort: Path = typer.Argument(..., help="Cohort folder (DICOM studies)."),
+    annotations: Path = typer.Option(..., "--annotations", help="Annotation folder."),
+    annotation_format: str = typer.Option(
+        "osirix", "--format", help="osirix, colour, seg or nifti."),
+) -> None:
+    """Turn annotations into the cohort's truth label maps (_truth/labels/) for training."""
+    from calcpipe.annotations import import_cohort
+
+    n = import_cohort(cohort, annotations, annotation_format, log=typer.echo)
+    typer.echo(f"imported {annotation_format} annotations of {n} studies")
 
 
 @app.command()

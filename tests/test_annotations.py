@@ -149,3 +149,77 @@ def test_export_seg_writes_one_seg_per_scored_study(study, tmp_path):
     np.testing.assert_array_equal(
         from_seg(path, volume.series_uid, volume.sop_instance_uids),
         read_mask(str(out), None, volume.study_uid))
+
+
+def test_colour_annotations_read_back_through_kmeans(study, tmp_path):
+    from calcpipe.annotations import from_colour, to_colour
+
+    volume, truth, _ = study
+    files = to_colour(tmp_path / "colour", volume.hu, truth, volume.affine, volume.spacing_mm)
+    assert files
+    labels = from_colour(files[::-1], volume.hu, volume.affine, kvp=120)  # any file order
+    # the paper's colours: LM is drawn as LAD, the valve as aorta, MAC not at all
+    mapped = np.select([truth == 1, truth == 6, truth == 7], [2, 5, 0], truth.astype(int))
+    expected = np.where(volume.hu >= threshold_for(120), mapped, 0)
+    assert (expected > 0).sum() > 20
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_colour_annotations_fail_on_unknown_colours_and_misplaced_images(study, tmp_path):
+    import pydicom
+
+    from calcpipe.annotations import from_colour, to_colour
+
+    volume, truth, _ = study
+    files = to_colour(tmp_path / "colour", volume.hu, truth, volume.affine, volume.spacing_mm)
+    ds = pydicom.dcmread(files[0])
+    rgb = ds.pixel_array.copy()
+    rgb[:3, :3] = (150, 0, 150)  # purple: no class
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(tmp_path / "purple.dcm")
+    with pytest.raises(AnnotationError) as e:
+        from_colour([tmp_path / "purple.dcm"], volume.hu, volume.affine)
+    assert e.value.code == "colour_matches_no_class" and "LAD" in (e.value.fix or "")
+    ds = pydicom.dcmread(files[0])
+    ds.ImagePositionPatient = [float(v) + 1000 for v in ds.ImagePositionPatient]
+    ds.save_as(tmp_path / "far.dcm")
+    with pytest.raises(AnnotationError) as e:
+        from_colour([tmp_path / "far.dcm"], volume.hu, volume.affine)
+    assert e.value.code == "position_outside_series"
+
+
+@pytest.mark.parametrize("fmt", ["osirix", "colour", "seg", "nifti"])
+def test_a_cohort_with_any_annotation_format_becomes_training_truth(study, tmp_path, fmt):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from calcpipe.annotations import to_colour
+    from calcpipe.cli import app
+    from calcpipe.models.train import TrainConfig, load_cohort
+    from calcpipe.seg import to_seg
+    from calcpipe.synthetic.truth import nifti_bytes
+
+    volume, truth, cohort = study
+    work = tmp_path / "cohort"
+    shutil.copytree(cohort, work, ignore=shutil.ignore_patterns("_truth"))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    key = volume.study_uid
+    coronary = np.where(np.isin(truth, [2, 3, 4]), truth, 0).astype(np.uint8)
+    if fmt == "osirix":
+        (notes / f"{key}.xml").write_bytes(to_osirix(coronary, volume.affine))
+    elif fmt == "colour":
+        to_colour(notes / key, volume.hu, coronary, volume.affine, volume.spacing_mm)
+    elif fmt == "seg":
+        to_seg(volume.source_files, coronary).save_as(notes / f"{key}.dcm")
+    else:
+        (notes / f"{key}.nii.gz").write_bytes(nifti_bytes(coronary, volume.affine))
+    result = CliRunner().invoke(app, ["import-annotations", str(work), "--annotations",
+                                      str(notes), "--format", fmt])
+    assert result.exit_code == 0 and "of 1 studies" in result.output, result.output
+    loaded = load_cohort(work, TrainConfig(), log=lambda _: None)
+    expected = coronary if fmt in ("seg", "nifti") else np.where(
+        volume.hu >= threshold_for(120), coronary, 0)
+    assert len(loaded) == 1
+    np.testing.assert_array_equal(loaded[0][2], expected)
