@@ -147,10 +147,32 @@ def write_html_report(out: str, source: str, dest: str | Path, *, truth: Path | 
         pairs = [(truth_scores[(k, "CAC")], cac, k) for k, cac, _ in studies
                  if (k, "CAC") in truth_scores]
         disagreement = {k: abs(p - t) for t, p, k in pairs}
+        if result.table2:
+            parts.append("<h2>Dice per patient (Table 2)</h2>")
+            groups = ("overall", "male", "female", "age<65", "age>=65")
+
+            def cell(r: dict[str, Any], g: str) -> str:
+                if math.isnan(r[f"{g}_median"]):
+                    return "-"
+                return f"{r[f'{g}_median']:.3f} ({r[f'{g}_q1']:.3f}, {r[f'{g}_q3']:.3f})"
+
+            parts.append(_table(
+                ["structure", *groups, "p (sex)", "p (age)"],
+                [[r["structure"], *(cell(r, g) for g in groups),
+                  "-" if r["p_sex"] is None else f"{r['p_sex']:.3f}",
+                  "-" if r["p_age"] is None else f"{r['p_age']:.3f}"] for r in result.table2]))
         parts.append("<h2>Agreement with the truth</h2>")
         parts.append(_table(["score", "n", "Spearman", "BA mean (AU)", "ICC(2,1)"], [
             [r["name"], r["n"], f"{r['spearman']:.3f}", f"{r['ba_mean_au']:.1f}",
              f"{r['icc_2_1']:.3f}"] for r in result.agreement]))
+        if result.confusion:
+            from calcpipe.evaluation import CATEGORIES
+
+            parts.append("<h3>CAC risk categories (rows truth, columns prediction)</h3>")
+            parts.append(_table(["truth \\ prediction", *CATEGORIES],
+                                [[c, *row] for c, row in zip(CATEGORIES, result.confusion,
+                                                            strict=True)]))
+            parts.append(f"<p>Linearly weighted kappa {result.kappa:.3f}.</p>")
         if pairs:
             t, p = [x[0] for x in pairs], [x[1] for x in pairs]
             diff = [b - a for a, b in zip(t, p, strict=True)]

@@ -36,6 +36,7 @@ def test_report_is_self_contained_with_table1_agreement_and_gallery(report):
         "http://www.w3.org/2000/svg", "")
     assert "Cohort (Table 1)" in text and "Agreement with the truth" in text
     assert "Bland-Altman" in text and "largest CAC disagreement" in text
+    assert "Dice per patient (Table 2)" in text and "weighted kappa" in text
     assert len(re.findall(r"<img alt='slices with calcium' src='data:image/png;base64,",
                           text)) == 3
     assert "SYN-" not in text and str(cohort) not in text  # no PatientID, no paths
