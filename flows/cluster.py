@@ -47,23 +47,142 @@ def score_on_worker(item: StudyItem, provenance: Provenance, out_root: str,
                        storage_options=storage_options, secret=secret)
 
 
+#: The image every deployment uses (infra/docker/*; tag = calcpipe version, "-cuda" for GPU).
+IMAGE = "ghcr.io/calcpipe/calcpipe"
+#: Environment every worker gets (credentials come from the platform's secrets).
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def image(version: str, gpu: bool) -> str:
+    return f"{IMAGE}:{version}{'-cuda' if gpu else ''}"
+
+
+def kubernetes_cluster_spec(name: str, *, version: str, workers: int = 2,
+                            gpus_per_worker: int = 1, memory: str = "24Gi", cpu: str = "6",
+                            node_selector: dict[str, str] | None = None,
+                            tolerations: list[dict[str, str]] | None = None,
+                            ) -> dict[str, Any]:
+    """A ``DaskCluster`` resource for the Dask Kubernetes operator: a scheduler and
+    ``workers`` workers, each on ``gpus_per_worker`` GPUs (``dask-cuda-worker``, one worker
+    per GPU, GPU=1 resource) or CPU-only when 0."""
+    gpu = gpus_per_worker > 0
+    env = [{"name": k, "value": v} for k, v in sorted(WORKER_ENV.items())]
+    limits: dict[str, str] = {"memory": memory, "cpu": cpu}
+    if gpu:
+        limits["nvidia.com/gpu"] = str(gpus_per_worker)
+    worker_args = (["dask-cuda-worker", "--name", "$(DASK_WORKER_NAME)",
+                    "--resources", f"GPU={gpus_per_worker}"] if gpu else
+                   ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nthreads", "1"])
+    pod: dict[str, Any] = {"containers": [{
+        "name": "worker", "image": image(version, gpu), "imagePullPolicy": "IfNotPresent",
+        "args": worker_args, "env": env,
+        "resources": {"limits": limits, "requests": dict(limits)},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001}}]}
+    if gpu:
+        pod["nodeSelector"] = node_selector or {"nvidia.com/gpu.present": "true"}
+        pod["tolerations"] = tolerations or [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    scheduler = {
+        "spec": {"containers": [{
+            "name": "scheduler", "image": image(version, gpu), "imagePullPolicy": "IfNotPresent",
+            "args": ["dask", "scheduler"], "env": [dict(e) for e in env],
+            "ports": [{"name": "tcp-comm", "containerPort": 8786, "protocol": "TCP"},
+                      {"name": "http-dashboard", "containerPort": 8787, "protocol": "TCP"}],
+            "resources": {"limits": {"memory": "4Gi", "cpu": "2"}},
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001}}]},
+        "service": {"type": "ClusterIP", "selector": {
+            "dask.org/cluster-name": name, "dask.org/component": "scheduler"},
+            "ports": [{"name": "tcp-comm", "protocol": "TCP", "port": 8786,
+                       "targetPort": "tcp-comm"},
+                      {"name": "http-dashboard", "protocol": "TCP", "port": 8787,
+                       "targetPort": "http-dashboard"}]},
+    }
+    return {"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskCluster",
+            "metadata": {"name": name},
+            "spec": {"worker": {"replicas": workers, "spec": pod}, "scheduler": scheduler}}
+
+
+def slurm_cluster_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of ``dask_jobqueue.SLURMCluster``: one GPU per job and worker
+    (``--gres=gpu:N``, worker resource ``GPU=N``), one process per job."""
+    gpus = int(options.get("gpus_per_worker", 1))
+    kwargs: dict[str, Any] = {
+        "cores": int(options.get("cores", 8)), "processes": 1,
+        "memory": str(options.get("memory", "32GB")),
+        "walltime": str(options.get("walltime", "04:00:00")),
+        "job_name": "calcpipe-worker",
+        "job_script_prologue": [f"export {k}={v}" for k, v in sorted(WORKER_ENV.items())],
+    }
+    for key in ("queue", "account"):
+        if options.get(key):
+            kwargs[key] = options[key]
+    if gpus:
+        kwargs["job_extra_directives"] = [f"--gres=gpu:{gpus}"]
+        kwargs["worker_extra_args"] = ["--resources", f"GPU={gpus}"]
+    return kwargs
+
+
+def uses_gpus(params: ScoreParams) -> bool:
+    """Whether the segmentation tasks ask for the GPU=1 worker resource."""
+    if params.cluster == "local-cuda":
+        return True
+    if params.cluster in ("kubernetes", "slurm"):
+        return int(params.cluster_options.get("gpus_per_worker", 1)) > 0
+    return False
+
+
 @contextlib.contextmanager
 def cluster_client(params: ScoreParams) -> Iterator[Client]:
     """A client on the cluster the parameters name: a LocalCluster of processes (default),
-    of threads (``local-threads``), or an existing scheduler's address."""
+    of threads (``local-threads``), one worker per local GPU (``local-cuda``, dask-cuda), a
+    Dask Kubernetes operator cluster (``kubernetes``, dask-kubernetes), a Slurm cluster
+    (``slurm``, dask-jobqueue), or an existing scheduler's address. Back-ends are imported
+    only here, so that none of them is needed to import the flow."""
     if "://" in params.cluster:
         with Client(params.cluster, set_as_default=False) as client:
             yield client
         return
-    from distributed import LocalCluster
-
-    processes = params.cluster == "local"
-    with LocalCluster(n_workers=params.workers if processes else 1,
-                      threads_per_worker=1 if processes else params.workers,
-                      processes=processes, dashboard_address=None,
-                      silence_logs=40) as cluster, \
-            Client(cluster, set_as_default=False) as client:
+    with _start(params) as cluster, Client(cluster, set_as_default=False) as client:
+        if params.cluster in ("kubernetes", "slurm"):
+            cluster.scale(params.workers)
         yield client
+
+
+def _start(params: ScoreParams) -> Any:
+    from calcpipe import __version__
+
+    kind, options = params.cluster, params.cluster_options
+    if kind in ("local", "local-threads"):
+        from distributed import LocalCluster
+
+        processes = kind == "local"
+        return LocalCluster(n_workers=params.workers if processes else 1,
+                            threads_per_worker=1 if processes else params.workers,
+                            processes=processes, dashboard_address=None, silence_logs=40)
+    try:
+        if kind == "local-cuda":
+            try:
+                from dask_cuda import LocalCUDACluster
+            except Exception as e:  # without CUDA, importing dask_cuda can fail in many ways
+                raise ImportError(str(e)) from e
+
+            return LocalCUDACluster(threads_per_worker=1, resources={"GPU": 1},
+                                    dashboard_address=None)
+        if kind == "kubernetes":
+            from dask_kubernetes.operator import KubeCluster
+
+            return KubeCluster(custom_cluster_spec=kubernetes_cluster_spec(
+                str(options.get("name", "calcpipe")), version=__version__,
+                workers=params.workers,
+                gpus_per_worker=int(options.get("gpus_per_worker", 1))))
+        from dask_jobqueue import SLURMCluster
+
+        return SLURMCluster(**slurm_cluster_options(options))
+    except ImportError as e:
+        package = {"local-cuda": "dask-cuda (and CUDA)", "kubernetes": "dask-kubernetes",
+                   "slurm": "dask-jobqueue"}[kind]
+        raise RuntimeError(f"cluster {kind!r} needs {package}: pip install "
+                           f"'calcpipe[clusters]' ({e})") from e
 
 
 def torch_threads(params: ScoreParams) -> int | None:
@@ -74,3 +193,20 @@ def torch_threads(params: ScoreParams) -> int | None:
         return None
     cores = os.cpu_count() or 1
     return max(1, cores // params.workers) if params.cluster == "local" else 1
+
+
+if __name__ == "__main__":  # regenerate infra/k8s/daskcluster.yaml from the spec above
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from calcpipe import __version__
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "infra/k8s/daskcluster.yaml")
+    spec = kubernetes_cluster_spec("calcpipe", version=__version__, workers=4)
+    target.write_text("# Generated by `python -m calcpipe.flows.cluster` (a test keeps it in "
+                      "step): 4 GPU workers,\n# one per GPU, for the Dask Kubernetes operator. "
+                      "kubectl apply -f daskcluster.yaml\n"
+                      + yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    print(f"wrote {target}")

@@ -15,7 +15,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from calcpipe.flows.cluster import SegmenterPlugin, cluster_client, score_on_worker, torch_threads
+from calcpipe.flows.cluster import (
+    SegmenterPlugin,
+    cluster_client,
+    score_on_worker,
+    torch_threads,
+    uses_gpus,
+)
 from distributed import Client, as_completed
 from distributed.scheduler import KilledWorker
 from prefect import flow, get_run_logger, task
@@ -59,11 +65,14 @@ def score_shard(run: Run, client: Client, shard: list[StudyItem], number: int, t
     """Score one shard on the cluster with at most ``in_flight`` studies outstanding."""
     start = time.perf_counter()
     p = run.params
+    # the network's tasks run only on GPU workers where the cluster has them
+    resources = {"GPU": 1} if uses_gpus(p) and not p.rescore else None
 
     def submit(item: StudyItem) -> Any:
         return client.submit(score_on_worker, item, run.provenance, run.store.root,
                              p.storage_options or None, run.secret, p.rescore,
-                             key=f"score-{item.result_id}-{run.run_id}", pure=False)
+                             key=f"score-{item.result_id}-{run.run_id}", pure=False,
+                             resources=resources)
 
     items: dict[str, StudyItem] = {}
 

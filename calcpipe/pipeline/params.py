@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: Environment variable holding the pseudonymisation secret (never a parameter).
 SECRET_ENV = "CALCPIPE_PSEUDONYM_KEY"
+#: Clusters the flow can start itself (besides an existing scheduler's address).
+CLUSTER_KINDS = ("local", "local-threads", "local-cuda", "kubernetes", "slurm")
 
 
 class ScoreParams(BaseModel):
@@ -16,11 +18,14 @@ class ScoreParams(BaseModel):
 
     ``source`` and ``out`` are local paths or fsspec URLs. ``cluster`` is ``"local"`` (a
     ``distributed.LocalCluster`` of ``workers`` processes), ``"local-threads"`` (one process,
-    ``workers`` threads) or the address of an existing Dask scheduler
-    (``tcp://host:8786``). ``torch_threads``: threads of the network per worker (default:
-    the cores shared evenly among the workers of a local cluster; torch's own default on a
-    remote one). ``storage_options`` are fsspec options for both source and out
-    (e.g. an S3 ``endpoint_url``); put credentials in the environment, not here.
+    ``workers`` threads), ``"local-cuda"`` (one worker per local GPU), ``"kubernetes"`` (the
+    Dask operator), ``"slurm"`` (dask-jobqueue), or the address of an existing Dask
+    scheduler (``tcp://host:8786``); ``cluster_options`` tune the last two (name,
+    gpus_per_worker, queue, account, walltime, memory, cores: ``calcpipe.flows.cluster``).
+    ``torch_threads``: threads of the network per worker (default: the cores shared evenly
+    among the workers of a local cluster; torch's own default elsewhere).
+    ``storage_options`` are fsspec options for both source and out (e.g. an S3
+    ``endpoint_url``); put credentials in the environment, not here.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -40,6 +45,7 @@ class ScoreParams(BaseModel):
     rescore: bool = False
     retry_failed: bool = False
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    cluster_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("source", "out")
     @classmethod
@@ -66,10 +72,10 @@ class ScoreParams(BaseModel):
     @field_validator("cluster")
     @classmethod
     def _cluster(cls, value: str) -> str:
-        if value in {"local", "local-threads"} or "://" in value:
+        if value in CLUSTER_KINDS or "://" in value:
             return value
-        raise ValueError("cluster is 'local', 'local-threads' or a scheduler address "
-                         "like tcp://host:8786")
+        raise ValueError("cluster is one of " + ", ".join(CLUSTER_KINDS)
+                         + " or a scheduler address like tcp://host:8786")
 
     @field_validator("storage_options")
     @classmethod

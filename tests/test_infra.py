@@ -1,0 +1,110 @@
+"""Deployment files: every manifest parses, images and resources agree, specs generate
+without a cluster (no container daemon or cluster here: these are the checks that can run)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from calcpipe.flows.cluster import (
+    IMAGE,
+    WORKER_ENV,
+    kubernetes_cluster_spec,
+    slurm_cluster_options,
+    uses_gpus,
+)
+
+from calcpipe import __version__
+from calcpipe.pipeline import ScoreParams
+
+INFRA = Path(__file__).resolve().parents[1] / "infra"
+
+
+def _documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def test_every_manifest_parses_and_names_this_version_of_the_image():
+    files = sorted(INFRA.rglob("*.yaml"))
+    assert {f.name for f in files} >= {"compose.yaml", "daskcluster.yaml",
+                                       "prefect-worker.yaml", "jobqueue.yaml"}
+    images = set()
+    for path in files:
+        text = path.read_text()
+        assert _documents(path), path
+        images |= set(re.findall(rf"{re.escape(IMAGE)}:[\w.\-]+", text))
+    assert images == {f"{IMAGE}:{__version__}", f"{IMAGE}:{__version__}-cuda"}
+    for dockerfile in INFRA.glob("docker/Dockerfile*"):
+        text = dockerfile.read_text()
+        assert text.count("\nFROM ") + text.startswith("FROM ") >= 2, "multi-stage"
+        assert "USER 10001" in text and ":latest" not in text
+        assert "constraints" in text and "load_checkpoint('default')" in text
+
+
+def test_generated_daskcluster_manifest_is_in_step_with_the_spec():
+    checked_in = _documents(INFRA / "k8s" / "daskcluster.yaml")[0]
+    assert checked_in == kubernetes_cluster_spec("calcpipe", version=__version__, workers=4)
+    worker = checked_in["spec"]["worker"]["spec"]
+    container = worker["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["args"][:1] == ["dask-cuda-worker"] and "GPU=1" in container["args"]
+    assert worker["tolerations"][0]["key"] == "nvidia.com/gpu" and worker["nodeSelector"]
+    assert {e["name"]: e["value"] for e in container["env"]} == WORKER_ENV
+    scheduler = checked_in["spec"]["scheduler"]["spec"]["containers"][0]
+    assert scheduler["image"] == container["image"] == f"{IMAGE}:{__version__}-cuda"
+
+
+def test_cpu_only_kubernetes_workers_ask_for_no_gpu():
+    spec = kubernetes_cluster_spec("cpu", version=__version__, gpus_per_worker=0)
+    pod = spec["spec"]["worker"]["spec"]
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["limits"]
+    assert "tolerations" not in pod and pod["containers"][0]["image"].endswith(__version__)
+
+
+def test_compose_stack_is_complete_and_consistent():
+    compose = _documents(INFRA / "compose.yaml")[0]
+    services = compose["services"]
+    assert set(services) == {"postgres", "prefect-server", "minio", "dask-scheduler",
+                             "dask-worker", "prefect-worker"}
+    assert "postgresql+asyncpg://" in services["prefect-server"]["environment"][
+        "PREFECT_API_DATABASE_CONNECTION_URL"]
+    for name in ("dask-scheduler", "dask-worker", "prefect-worker", "prefect-server"):
+        assert services[name]["image"] == f"{IMAGE}:{__version__}"
+        assert services[name]["environment"]["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert "tcp://dask-scheduler:8786" in services["dask-worker"]["entrypoint"]
+
+
+def test_slurm_job_script_asks_for_one_gpu_per_worker():
+    from dask_jobqueue import SLURMCluster
+
+    options = {"queue": "gpu", "account": "cardio", "walltime": "02:00:00"}
+    with SLURMCluster(**slurm_cluster_options(options)) as cluster:
+        script = cluster.job_script()
+    assert "#SBATCH --gres=gpu:1" in script and "#SBATCH -p gpu" in script
+    assert "#SBATCH -A cardio" in script and "--resources GPU=1" in script
+    assert "export OMP_NUM_THREADS=1" in script
+    config = _documents(INFRA / "slurm" / "jobqueue.yaml")[0]["jobqueue"]["slurm"]
+    defaults = slurm_cluster_options({})
+    assert config["job-extra-directives"] == defaults["job_extra_directives"]
+    assert config["worker-extra-args"] == defaults["worker_extra_args"]
+    assert (config["cores"], config["memory"], config["walltime"]) == (
+        defaults["cores"], defaults["memory"], defaults["walltime"])
+
+
+def test_cluster_kinds_validate_and_missing_back_ends_fail_clearly(tmp_path):
+    from calcpipe.flows.cluster import cluster_client
+
+    for kind in ("local-cuda", "kubernetes", "slurm"):
+        assert ScoreParams(source="a", out="b", cluster=kind).cluster == kind
+    assert uses_gpus(ScoreParams(source="a", out="b", cluster="slurm"))
+    assert not uses_gpus(ScoreParams(source="a", out="b", cluster="slurm",
+                                     cluster_options={"gpus_per_worker": 0}))
+    assert not uses_gpus(ScoreParams(source="a", out="b"))
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="needs dask-cuda"):
+            with cluster_client(ScoreParams(source="a", out="b", cluster="local-cuda")):
+                pass
