@@ -128,7 +128,7 @@ def test_score_refuses_bad_parameters_and_secrets_in_options(tmp_path):
     with pytest.raises(ValidationError, match="must not hold 'secret'"):
         ScoreParams(source="s3://b/c", out="s3://b/o", storage_options={"secret": "x"})
     with pytest.raises(ValidationError, match="cluster"):
-        ScoreParams(source="a", out="b", cluster="kubernetes")
+        ScoreParams(source="a", out="b", cluster="mesos")
 
 
 def test_demo_scores_a_synthetic_cohort_with_the_flow(prefect_api, tmp_path):
