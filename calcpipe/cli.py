@@ -277,7 +277,7 @@ def score(
     from calcpipe.pipeline.params import ScoreParams
 
     console = Console()
-    options = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else {}
+    options = _s3_options(endpoint_url) or {}
     try:
         params = ScoreParams(
             source=source, out=out, cohort=cohort, model=model, profile=profile,
@@ -320,7 +320,7 @@ def query(
 
     from calcpipe.catalog import open_catalog
 
-    options = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else None
+    options = _s3_options(endpoint_url)
     relation = open_catalog(out, options).query(sql)
     if relation is None:
         return
@@ -331,6 +331,11 @@ def query(
     for row in relation.fetchall():
         table.add_row(*(_cell(v) for v in row))
     Console().print(table)
+
+
+def _s3_options(endpoint_url: str | None) -> dict[str, Any] | None:
+    """fsspec options for an S3-compatible endpoint (credentials from the environment)."""
+    return {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else None
 
 
 def _cell(value: Any) -> str:
@@ -417,7 +422,7 @@ def housekeeping(
 
     from calcpipe.tables.housekeeping import housekeep
 
-    options = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else None
+    options = _s3_options(endpoint_url)
     table = Table("table", "files before", "files after", "vacuumed", "version")
     for t in housekeep(out, options, retention_hours=retention_hours, dry_run=dry_run):
         table.add_row(t.table, str(t.files_before), str(t.files_after),

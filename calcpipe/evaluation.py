@@ -28,12 +28,13 @@ from typing import Any
 import numpy as np
 
 from calcpipe.metrics import icc_2_1, median_iqr, spearman, weighted_kappa
+from calcpipe.scoring.features import PAPER_CATEGORIES
 
 #: Table 2 structures: (row name, dice class)
 STRUCTURES = (("Coronary", "coronary"), ("LAD", "LAD"), ("RCA", "RCA"), ("LCX", "LCX"),
               ("Aorta", "aorta"), ("LM", "LM"))
 SCORE_NAMES = ("LM", "LAD", "LCX", "RCA", "TAC", "AVC", "CAC", "AC", "TOTAL")
-CATEGORIES = ("0", "1-99", "100-399", ">=400")
+CATEGORIES = PAPER_CATEGORIES
 
 
 @dataclass
@@ -150,11 +151,15 @@ def _table2(dice: dict[str, dict[str, float | None]],
     return rows
 
 
-def _fmt(median: float, q1: float, q3: float) -> str:
-    return "-" if math.isnan(median) else f"{median:.3f} ({q1:.3f}, {q3:.3f})"
+def table2_cell(row: dict[str, Any], group: str) -> str:
+    """``median (Q1, Q3)`` of one group of a Table 2 row, ``-`` without values."""
+    median = row[f"{group}_median"]
+    if math.isnan(median):
+        return "-"
+    return f"{median:.3f} ({row[f'{group}_q1']:.3f}, {row[f'{group}_q3']:.3f})"
 
 
-def _p(value: float | None) -> str:
+def p_value(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
@@ -164,11 +169,10 @@ def format_table2(rows: list[dict[str, Any]]) -> str:
             "|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        cells = [_fmt(r[f"{g}_median"], r[f"{g}_q1"], r[f"{g}_q3"])
-                 for g in ("overall", "male", "female")]
-        ages = [_fmt(r[f"{g}_median"], r[f"{g}_q1"], r[f"{g}_q3"]) for g in ("age<65", "age>=65")]
-        lines.append(f"| {r['structure']} | " + " | ".join(cells) + f" | {_p(r['p_sex'])} | "
-                     + " | ".join(ages) + f" | {_p(r['p_age'])} |")
+        cells = [table2_cell(r, g) for g in ("overall", "male", "female")]
+        ages = [table2_cell(r, g) for g in ("age<65", "age>=65")]
+        lines.append(f"| {r['structure']} | " + " | ".join(cells) + f" | {p_value(r['p_sex'])} | "
+                     + " | ".join(ages) + f" | {p_value(r['p_age'])} |")
     return "\n".join(lines)
 
 

@@ -84,9 +84,9 @@ def _svg_points(xs: list[float], ys: list[float], *, title: str, xlabel: str, yl
 
 def _histogram(values: list[float]) -> str:
     """CAC distribution by the paper's categories, as a small SVG bar chart."""
+    from calcpipe.scoring.features import PAPER_CATEGORIES as names
     from calcpipe.scoring.features import risk_category
 
-    names = ("0", "1-99", "100-399", ">=400")
     counts = [sum(risk_category(v) == n for v in values) for n in names]
     top = max(counts) or 1
     bars = "".join(
@@ -114,8 +114,7 @@ def write_html_report(out: str, source: str, dest: str | Path, *, truth: Path | 
     """Write ``dest/index.html``; its path."""
     from calcpipe.catalog import open_catalog
     from calcpipe.dicom import load_volume
-    from calcpipe.ingest import discover
-    from calcpipe.keys import pseudonymise
+    from calcpipe.ingest.study import chosen_series
     from calcpipe.pipeline.report import cohort_summary
     from calcpipe.pipeline.work import read_mask
 
@@ -140,7 +139,7 @@ def write_html_report(out: str, source: str, dest: str | Path, *, truth: Path | 
 
     disagreement: dict[str, float] = {}
     if truth is not None:
-        from calcpipe.evaluation import load_truth_scores, run_evaluation
+        from calcpipe.evaluation import load_truth_scores, p_value, run_evaluation, table2_cell
 
         result = run_evaluation(out, truth, Path(dest) / "evaluation", profile=profile)
         truth_scores = load_truth_scores(truth)
@@ -150,17 +149,10 @@ def write_html_report(out: str, source: str, dest: str | Path, *, truth: Path | 
         if result.table2:
             parts.append("<h2>Dice per patient (Table 2)</h2>")
             groups = ("overall", "male", "female", "age<65", "age>=65")
-
-            def cell(r: dict[str, Any], g: str) -> str:
-                if math.isnan(r[f"{g}_median"]):
-                    return "-"
-                return f"{r[f'{g}_median']:.3f} ({r[f'{g}_q1']:.3f}, {r[f'{g}_q3']:.3f})"
-
             parts.append(_table(
                 ["structure", *groups, "p (sex)", "p (age)"],
-                [[r["structure"], *(cell(r, g) for g in groups),
-                  "-" if r["p_sex"] is None else f"{r['p_sex']:.3f}",
-                  "-" if r["p_age"] is None else f"{r['p_age']:.3f}"] for r in result.table2]))
+                [[r["structure"], *(table2_cell(r, g) for g in groups), p_value(r["p_sex"]),
+                  p_value(r["p_age"])] for r in result.table2]))
         parts.append("<h2>Agreement with the truth</h2>")
         parts.append(_table(["score", "n", "Spearman", "BA mean (AU)", "ICC(2,1)"], [
             [r["name"], r["n"], f"{r['spearman']:.3f}", f"{r['ba_mean_au']:.1f}",
@@ -194,12 +186,7 @@ def write_html_report(out: str, source: str, dest: str | Path, *, truth: Path | 
                      for name in LABEL_NAMES.values() if name in COLOURS)
     parts.append(f"<h2>QC gallery</h2><p>{why}; <span class='legend'>{legend}</span></p>"
                  "<div class='gallery'>")
-    wanted = {s[0]: s for s in order[:gallery]}
-    found = {}
-    for choice in discover(source).studies:
-        key = pseudonymise(choice.study.study_key, secret) if secret else choice.study.study_key
-        if key in wanted and choice.chosen is not None:
-            found[key] = choice.chosen.urls
+    found = chosen_series(source, secret=secret)
     for key, cac, confidence in order[:gallery]:
         if key not in found:
             continue

@@ -55,6 +55,11 @@ def derived_uid(kind: str, parts: Iterable[object]) -> str:
     return DERIVED_PREFIX + str(int.from_bytes(digest.digest()[:16], "big"))
 
 
+def table_key(key: str, secret: bytes | None) -> str:
+    """The key as tables, masks and exports carry it: its pseudonym when a secret is set."""
+    return pseudonymise(key, secret) if secret else key
+
+
 def pseudonymise(key: str, secret: bytes) -> str:
     """HMAC-SHA256 of ``key`` under ``secret``, as 64 lowercase hex digits."""
     if not secret:

@@ -143,8 +143,7 @@ def export_masks(out: str, source: str, dest: str | os.PathLike[str], *,
 
     from calcpipe.catalog import open_catalog
     from calcpipe.dicom import load_volume
-    from calcpipe.ingest import discover
-    from calcpipe.keys import pseudonymise
+    from calcpipe.ingest.study import chosen_series
     from calcpipe.pipeline.work import read_mask
 
     wanted = {k for (k,) in open_catalog(out).connect().execute(
@@ -152,15 +151,12 @@ def export_masks(out: str, source: str, dest: str | os.PathLike[str], *,
     target = Path(dest)
     target.mkdir(parents=True, exist_ok=True)
     written = []
-    for choice in discover(source).studies:
-        chosen = choice.chosen
-        key = choice.study.study_key
-        table_key = pseudonymise(key, secret) if secret else key
-        if chosen is None or table_key not in wanted:
+    for key, urls in chosen_series(source, secret=secret).items():
+        if key not in wanted:
             continue
-        volume = load_volume(list(chosen.urls))
-        labels = read_mask(out, None, table_key)
-        path = target / f"{table_key}.seg.dcm"
+        volume = load_volume(list(urls))
+        labels = read_mask(out, None, key)
+        path = target / f"{key}.seg.dcm"
         to_seg(volume.source_files, labels, secret=secret).save_as(path)
         written.append(str(path))
     return written

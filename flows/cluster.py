@@ -122,6 +122,19 @@ def slurm_cluster_options(options: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def untrimmed_workers() -> Any:
+    """Dask configuration for starting local workers without Dask's
+    ``MALLOC_TRIM_THRESHOLD_=65536``: with the large arrays of every study, glibc then
+    returns and refaults memory constantly, and the network ran 15-55 % slower in a worker
+    than in the calling process (measured, bench/bench_pipeline.py). Without it, glibc's
+    dynamic default applies."""
+    import dask
+
+    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ",
+                                                {}).items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    return dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
+
+
 def uses_gpus(params: ScoreParams) -> bool:
     """Whether the segmentation tasks ask for the GPU=1 worker resource."""
     if params.cluster == "local-cuda":
@@ -153,18 +166,10 @@ def _start(params: ScoreParams) -> Any:
 
     kind, options = params.cluster, params.cluster_options
     if kind in ("local", "local-threads"):
-        import dask
         from distributed import LocalCluster
 
         processes = kind == "local"
-        # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in worker processes; with the
-        # large arrays of every study, glibc then returns and refaults memory constantly:
-        # the network ran 15-55 % slower in a worker than in the calling process
-        # (measured, bench/bench_pipeline.py). Without it, glibc's dynamic default applies.
-        environ = {k: v for k, v in dask.config.get(
-            "distributed.nanny.pre-spawn-environ", {}).items()
-            if k != "MALLOC_TRIM_THRESHOLD_"}
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        with untrimmed_workers():
             return LocalCluster(n_workers=params.workers if processes else 1,
                                 threads_per_worker=1 if processes else params.workers,
                                 processes=processes, dashboard_address=None,

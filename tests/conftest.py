@@ -65,13 +65,10 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def dask_address() -> Iterator[str]:
     """A local Dask cluster shared by the pipeline tests (the flow's scheduler-address
     mode): two single-threaded worker processes."""
-    import dask
+    from calcpipe.flows.cluster import untrimmed_workers  # as the flow's local clusters
     from distributed import LocalCluster
 
-    # as the flow's own local clusters do (flows/cluster.py): no malloc trimming in workers
-    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ",
-                                                {}).items() if k != "MALLOC_TRIM_THRESHOLD_"}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), LocalCluster(
+    with untrimmed_workers(), LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
             silence_logs=40) as cluster:
         yield cluster.scheduler_address

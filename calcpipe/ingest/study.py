@@ -7,10 +7,11 @@ folder; the volume's ``source_files`` then hold the object URLs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,16 +114,36 @@ def load_study(
     chosen = choice.chosen
     if chosen is None:
         raise no_eligible_series(choice, where)
-    fs, _ = open_filesystem(source, storage_options)
     urls = list(chosen.urls)
-    if "://" not in urls[0]:
-        volume = load_volume(urls)
-    else:
-        with tempfile.TemporaryDirectory(prefix="calcpipe-") as tmp:
-            locals_ = [os.path.join(tmp, f"{i:06d}.dcm") for i in range(len(urls))]
-            fs.get([u.split("://", 1)[1] for u in urls], locals_)
-            volume = load_volume(locals_)
-            by_local = dict(zip(locals_, urls, strict=True))
-            volume = dataclasses.replace(
-                volume, source_files=tuple(by_local[p] for p in volume.source_files))
-    return dataclasses.replace(volume, selection=choice.decision)
+    with local_copies(urls, storage_options) as paths:
+        volume = load_volume(paths)
+    by_path = dict(zip(paths, urls, strict=True))
+    return dataclasses.replace(volume, selection=choice.decision, source_files=tuple(
+        by_path[p] for p in volume.source_files))
+
+
+def chosen_series(source: str | os.PathLike[str], *, secret: bytes | None = None,
+                  storage_options: Mapping[str, Any] | None = None,
+                  ) -> dict[str, tuple[str, ...]]:
+    """The files of the chosen series of every scorable study under ``source``, by the
+    study key tables carry (:func:`calcpipe.keys.table_key`)."""
+    from calcpipe.keys import table_key
+
+    return {table_key(c.study.study_key, secret): c.chosen.urls
+            for c in discover(source, storage_options=storage_options).studies
+            if c.chosen is not None}
+
+
+@contextlib.contextmanager
+def local_copies(urls: list[str], storage_options: Mapping[str, Any] | None = None,
+                 ) -> Iterator[list[str]]:
+    """Local paths of ``urls``: the paths themselves on disk; on an object store, copies
+    of exactly those objects in a temporary folder that is deleted afterwards."""
+    if not urls or "://" not in urls[0]:
+        yield list(urls)
+        return
+    fs, _ = open_filesystem(urls[0], storage_options)
+    with tempfile.TemporaryDirectory(prefix="calcpipe-") as tmp:
+        paths = [os.path.join(tmp, f"{i:06d}.dcm") for i in range(len(urls))]
+        fs.get([u.split("://", 1)[1] for u in urls], paths)
+        yield paths

@@ -16,11 +16,12 @@ import numpy.typing as npt
 
 from calcpipe.metrics import dice_per_class, icc_2_1, median_iqr, spearman, weighted_kappa
 from calcpipe.scoring import risk_category, score
+from calcpipe.scoring.features import PAPER_CATEGORIES
 
 #: the paper's per-patient Dice medians (Singh et al. 2021, Table 2)
 PAPER_DICE = {"coronary": 0.952, "LAD": 0.971, "RCA": 0.963, "LCX": 0.955, "aorta": 0.832}
 PAPER_SPEARMAN = {"CAC": 0.876, "AC": 0.947}
-_CATEGORIES = ("0", "1-99", "100-399", ">=400")
+_CATEGORIES = PAPER_CATEGORIES
 
 
 @dataclass

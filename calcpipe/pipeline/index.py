@@ -18,7 +18,7 @@ from typing import Any
 
 from calcpipe.ingest.discover import list_candidates, open_filesystem, read_headers
 from calcpipe.ingest.headers import InstanceHeader
-from calcpipe.keys import pseudonymise
+from calcpipe.keys import pseudonymise, table_key
 from calcpipe.tables.schemas import SCHEMA_VERSION
 
 #: Objects per header-reading batch (one unit of Dask work).
@@ -73,10 +73,6 @@ def list_objects(source: str, storage_options: Mapping[str, Any] | None,
     return listed
 
 
-def key_of(value: str, secret: bytes | None) -> str:
-    return pseudonymise(value, secret) if secret else value
-
-
 def read_batch(source: str, storage_options: Mapping[str, Any] | None,
                objects: list[ListedObject], secret: bytes | None, run_id: str,
                ) -> list[dict[str, Any]]:
@@ -100,7 +96,7 @@ def read_batch(source: str, storage_options: Mapping[str, Any] | None,
                     continue
                 value = getattr(header, f.name)
                 if f.name in _PSEUDONYMISED:
-                    value = key_of(value, secret)
+                    value = table_key(value, secret)
                 row[f.name] = list(value) if isinstance(value, tuple) else value
             row["positions_mm"] = [list(p) for p in header.positions_mm]
         rows.append(row)
@@ -141,7 +137,7 @@ def index(
     wins). ``map_batches`` turns batches of objects into row batches, calling
     :func:`read_batch` on each.
     """
-    from calcpipe.ingest.discover import _url, open_filesystem
+    from calcpipe.ingest.discover import _url
 
     latest: dict[str, dict[str, Any]] = {}
     for row in known:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from calcpipe.scoring.features import PAPER_CATEGORIES
 from calcpipe.tables.store import join
 
 if TYPE_CHECKING:
     from calcpipe.pipeline.run import Run
 
 VESSELS = ("LM", "LAD", "LCX", "RCA", "TAC", "AVC")
-CATEGORIES = ("0", "1-99", "100-399", ">=400")
+CATEGORIES = PAPER_CATEGORIES
 
 
 def cohort_summary(out: str, storage_options: Any, profile: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import Any
 from calcpipe import __version__
 from calcpipe.pipeline.index import IndexResult, ListedObject, index, read_batch
 from calcpipe.pipeline.params import ScoreParams
-from calcpipe.pipeline.plan import Plan, Provenance, StudyItem, plan
+from calcpipe.pipeline.plan import Plan, Provenance, plan
 from calcpipe.pipeline.work import StudyOutcome
 from calcpipe.tables.schemas import RESULT_TABLES, SCHEMA_VERSION, to_table
 from calcpipe.tables.store import TableStore
@@ -271,6 +271,3 @@ def run_single_process(params: ScoreParams, secret: bytes | None = None,
         run.commit(outcomes)
     return run.finish()
 
-
-def shard_items(items: list[StudyItem], size: int) -> list[list[StudyItem]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]

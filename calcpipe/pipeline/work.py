@@ -8,10 +8,9 @@ place and returns the same rows but for timestamps.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import gzip
 import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -47,21 +46,15 @@ def load_series(item: StudyItem, storage_options: Mapping[str, Any] | None,
     import pydicom
 
     from calcpipe.dicom import load_volume
-    from calcpipe.ingest.discover import open_filesystem
+    from calcpipe.ingest.study import local_copies
 
     def patient_id(path: str) -> str | None:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
         value = str(ds.get("PatientID", "") or "").strip()
         return value or None
 
-    urls = list(item.urls)
-    if "://" not in urls[0]:
-        return load_volume(urls), patient_id(urls[0])
-    fs, _ = open_filesystem(urls[0], storage_options)
-    with tempfile.TemporaryDirectory(prefix="calcpipe-") as tmp:
-        local = [os.path.join(tmp, f"{i:06d}.dcm") for i in range(len(urls))]
-        fs.get([u.split("://", 1)[1] for u in urls], local)
-        return load_volume(local), patient_id(local[0])
+    with local_copies(list(item.urls), storage_options) as paths:
+        return load_volume(paths), patient_id(paths[0])
 
 
 def write_mask(out_root: str, storage_options: Mapping[str, Any] | None, study_key: str,
@@ -85,13 +78,11 @@ def write_mask(out_root: str, storage_options: Mapping[str, Any] | None, study_k
 
 def read_mask(out_root: str, storage_options: Mapping[str, Any] | None,
               study_key: str) -> np.ndarray:
-    import nibabel as nib
-
     from calcpipe.ingest.discover import open_filesystem
+    from calcpipe.synthetic.truth import labels_from_bytes
 
     fs, path = open_filesystem(mask_path(out_root, study_key), storage_options)
-    image = nib.Nifti1Image.from_bytes(gzip.decompress(fs.cat_file(path)))
-    return np.asarray(image.dataobj).astype(np.uint8).transpose(2, 1, 0)
+    return labels_from_bytes(fs.cat_file(path))[0]
 
 
 def failed_outcome(item: StudyItem, provenance: Provenance, stage: str, code: str,
@@ -112,7 +103,7 @@ def score_study(
 ) -> StudyOutcome:
     """Score one study; ``segmenter=None`` re-scores from the stored mask (rescore)."""
     from calcpipe.errors import CalcpipeError
-    from calcpipe.keys import pseudonymise
+    from calcpipe.keys import table_key
     from calcpipe.scoring import score
     from calcpipe.scoring.calibration import load_registry, lookup_c_ha
     from calcpipe.scoring.features import study_features
@@ -158,8 +149,7 @@ def score_study(
     cac = result.row("CAC")
     study_row = {
         **keys,
-        "patient_key": None if patient_id is None else (
-            pseudonymise(patient_id, secret) if secret else patient_id),
+        "patient_key": None if patient_id is None else table_key(patient_id, secret),
         "series_key": item.series_key, "input_fingerprint": item.input_fingerprint,
         "age_years": meta.age_years, "sex": meta.sex, "study_date": meta.study_date,
         "kvp": kvp, "manufacturer": meta.manufacturer, "kernel": meta.kernel,
@@ -178,13 +168,8 @@ def score_study(
         "score_flags": [f"{f.code}: {f.detail}" for f in result.flags],
         "attempt": item.attempt, "scored_at": dt.datetime.now(dt.UTC), **prov,
     }
-    vessel_rows = [{**keys, **_fields(r), **prov} for r in result.rows]
-    lesion_rows = [{**keys, **_fields(r), **prov} for r in result.lesions]
+    vessel_rows = [{**keys, **dataclasses.asdict(r), **prov} for r in result.rows]
+    lesion_rows = [{**keys, **dataclasses.asdict(r), **prov} for r in result.lesions]
     return StudyOutcome(item.result_id, study_row, vessel_rows, lesion_rows,
                         seconds=time.perf_counter() - start)
 
-
-def _fields(row: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(row)

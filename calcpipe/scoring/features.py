@@ -14,6 +14,8 @@ from calcpipe.scoring.engine import ScoreResult
 
 #: (upper bound exclusive, name); the paper's Table 1 (Singh et al. 2021)
 _PAPER = ((100.0, "1-99"), (400.0, "100-399"), (float("inf"), ">=400"))
+#: the paper's categories in order, as :func:`risk_category` names them
+PAPER_CATEGORIES = ("0", *(name for _, name in _PAPER))
 #: upper bounds inclusive; the five-class scheme (Rumberger et al.)
 _FIVE = ((10.0, "1-10"), (100.0, "11-100"), (400.0, "101-400"), (float("inf"), ">400"))
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-CAC_CATEGORIES = ("0", "1-99", "100-399", ">=400")
+from calcpipe.scoring.features import PAPER_CATEGORIES
+
+CAC_CATEGORIES = PAPER_CATEGORIES
 #: Agatston range drawn (log-uniformly) for each category
 CATEGORY_RANGES = {"0": (0.0, 0.0), "1-99": (1.0, 99.0), "100-399": (100.0, 399.0),
                    ">=400": (400.0, 2500.0)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +37,17 @@ def read_labels(path: str | Path) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np
     """A truth (or predicted) label map back as (Z, Y, X) with its (z, y, x) -> LPS affine."""
     import nibabel as nib
 
-    image = nib.Nifti1Image.from_filename(str(path))
+    return _labels(nib.Nifti1Image.from_filename(str(path)))
+
+
+def labels_from_bytes(data: bytes) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
+    """:func:`read_labels` of the bytes of a (gzipped) NIfTI file."""
+    import nibabel as nib
+
+    return _labels(nib.Nifti1Image.from_bytes(gzip.decompress(data)))
+
+
+def _labels(image: Any) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
     data = np.asarray(image.dataobj).astype(np.uint8).transpose(2, 1, 0)
     zyx_to_ijk = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])
     affine = _LPS_TO_RAS @ image.affine @ zyx_to_ijk
