@@ -267,6 +267,8 @@ def score(
         "(default: the CALCPIPE_PSEUDONYM_KEY environment variable)."),
     single_process: bool = typer.Option(
         False, help="Run the stages in this process, without Prefect or Dask."),
+    plan_only: bool = typer.Option(
+        False, help="Index and plan only: report what would be scored, score nothing."),
 ) -> None:
     """Score every study of a cohort: discover, select, segment, score, commit tables."""
     import os
@@ -283,7 +285,7 @@ def score(
             source=source, out=out, cohort=cohort, model=model, profile=profile,
             shard_size=shard_size, in_flight=in_flight, cluster=cluster, workers=workers,
             device=device, precision=precision, rescore=rescore, retry_failed=retry_failed,
-            storage_options=options)
+            plan_only=plan_only, storage_options=options)
     except ValidationError as e:
         console.print(f"[red]invalid parameters[/red]\n{e}")
         raise typer.Exit(2) from None
@@ -416,11 +418,12 @@ def housekeeping(
     dry_run: bool = typer.Option(False, help="Only count what vacuum would delete."),
     endpoint_url: str = typer.Option(None, help="S3-compatible endpoint."),
 ) -> None:
-    """Compact the tables' small files and vacuum unreferenced ones."""
+    """Compact the tables' small files, vacuum unreferenced ones, and delete the scratch
+    folders of runs that died."""
     from rich.console import Console
     from rich.table import Table
 
-    from calcpipe.tables.housekeeping import housekeep
+    from calcpipe.tables.housekeeping import housekeep, remove_abandoned_scratch
 
     options = _s3_options(endpoint_url)
     table = Table("table", "files before", "files after", "vacuumed", "version")
@@ -428,6 +431,10 @@ def housekeeping(
         table.add_row(t.table, str(t.files_before), str(t.files_after),
                       str(t.files_vacuumed), f"{t.version_before} -> {t.version_after}")
     Console().print(table)
+    scratch = remove_abandoned_scratch(out, options, retention_hours=retention_hours,
+                                       dry_run=dry_run)
+    Console().print(f"scratch folders of abandoned runs {'to remove' if dry_run else 'removed'}"
+                    f": {scratch}")
 
 
 @app.command()

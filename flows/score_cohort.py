@@ -1,10 +1,14 @@
-"""The nightly cohort flow: index -> plan -> score shards on Dask -> commit -> report.
+"""The nightly cohort flow: index -> plan -> score and commit shards on Dask -> report.
 
 Thin by design: every stage is a function of :class:`calcpipe.pipeline.Run`; this module
-only decides where work runs. One Prefect task per stage and per shard (hundreds of
-studies), never one per study: inside a shard, studies are Dask futures with at most
-``in_flight`` outstanding, and commits happen in this process (a single writer), shard by
-shard, so a run that dies keeps every shard committed before it.
+only decides where work runs. One Prefect task for index, one for plan, one per shard
+(hundreds of studies) and one for the report, never one per study: 100,000 studies in shards
+of 200 make 503 task runs. Index and plan run as Dask futures on the workers (header-reading
+tasks of 4,096 objects, plan partitions of 100,000 objects) and hand each other files in the
+run's scratch folder, so this process holds counts and shard specifications only. Inside a
+shard, studies are Dask futures with at most ``in_flight`` outstanding, and commits happen
+in this process (a single writer), shard by shard, so a run that dies keeps every shard
+committed before it.
 
 The pseudonymisation secret comes from the ``CALCPIPE_PSEUDONYM_KEY`` environment variable
 or a Prefect ``Secret`` block named by ``secret_block``; it is never a flow parameter.
@@ -29,42 +33,47 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from calcpipe.pipeline.index import IndexResult
 from calcpipe.pipeline.params import ScoreParams, secret_from_env
-from calcpipe.pipeline.plan import Plan, StudyItem
-from calcpipe.pipeline.run import Run
+from calcpipe.pipeline.plan import ShardSpec, StudyItem
+from calcpipe.pipeline.run import Mapper, Run
 from calcpipe.pipeline.work import StudyOutcome, failed_outcome
 
 
+def on_dask(client: Client) -> Mapper:
+    """Map a stage's function over workers (one Dask future per value), in order."""
+    def mapper(function: Any, values: Any) -> list[Any]:
+        return list(client.gather(client.map(function, values, pure=False)))
+
+    return mapper
+
+
 @task(name="index", cache_policy=NO_CACHE)
-def index_stage(run: Run, client: Client) -> IndexResult:
-    logger = get_run_logger()
-
-    def on_dask(batches: list[Any]) -> list[Any]:
-        futures = client.map(run.read_batch, batches, pure=False)
-        return list(client.gather(futures))
-
-    result = run.index(on_dask)
-    logger.info("index: %d objects listed, %d headers read (new or changed), %s skipped",
-                result.objects_listed, result.headers_read, dict(result.skipped) or "none")
-    return result
+def index_stage(run: Run, client: Client) -> None:
+    listing = run.index(on_dask(client))
+    get_run_logger().info(
+        "index: %d objects listed, %d headers read (new or changed) in %d tasks, %s skipped",
+        listing.objects_listed, listing.to_read, listing.read_tasks,
+        dict(run.counts.index_skipped) or "none")
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan_stage(run: Run, indexed: IndexResult) -> Plan:
-    planned = run.plan(indexed)
+def plan_stage(run: Run, client: Client) -> list[ShardSpec]:
+    shards = run.plan(on_dask(client))
+    c = run.counts
     get_run_logger().info(
-        "plan: %d studies, %d to score, %d already done, %d cannot be scored",
-        planned.studies_found, len(planned.items), planned.skipped, len(planned.failures))
-    return planned
+        "plan: %d studies, %d to score in %d shards, %d already done, %d cannot be scored",
+        c.studies_found, c.studies_planned, len(shards), c.studies_skipped, c.studies_failed)
+    return shards
 
 
 @task(name="score-shard", cache_policy=NO_CACHE)
-def score_shard(run: Run, client: Client, shard: list[StudyItem], number: int, total: int,
-                progress: Any = None) -> list[StudyOutcome]:
-    """Score one shard on the cluster with at most ``in_flight`` studies outstanding."""
+def score_shard(run: Run, client: Client, spec: ShardSpec, number: int, total: int,
+                progress: Any = None) -> None:
+    """Score one shard on the cluster with at most ``in_flight`` studies outstanding, then
+    commit it (from this process: the single writer of the result tables)."""
     start = time.perf_counter()
     p = run.params
+    shard = run.shard_items(spec)
     # the network's tasks run only on GPU workers where the cluster has them
     resources = {"GPU": 1} if uses_gpus(p) and not p.rescore else None
 
@@ -99,7 +108,7 @@ def score_shard(run: Run, client: Client, shard: list[StudyItem], number: int, t
     get_run_logger().info("shard %d/%d: %d studies (%d failed) in %.1f s, %.2f studies/s",
                           number, total, len(shard), failed, seconds,
                           len(shard) / seconds if seconds else 0.0)
-    return outcomes
+    run.commit(outcomes)
 
 
 def _outcome(future: Any, item: StudyItem, run: Run) -> StudyOutcome:
@@ -114,11 +123,6 @@ def _outcome(future: Any, item: StudyItem, run: Run) -> StudyOutcome:
     except Exception as e:
         return failed_outcome(item, run.provenance, "score", "internal_error",
                               f"{type(e).__name__}: {e}")
-
-
-@task(name="commit", cache_policy=NO_CACHE)
-def commit_stage(run: Run, outcomes: list[StudyOutcome]) -> None:
-    run.commit(outcomes)
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -154,19 +158,19 @@ def score_cohort(params: ScoreParams, secret_block: str | None = None,
     get_run_logger().info("run %s: %s -> %s (model %s, profile %s)", run.run_id,
                           params.source, params.out, run.provenance.model_id, params.profile)
     with cluster_client(params) as client:
-        if not params.rescore:
+        if not (params.rescore or params.plan_only):
             client.register_plugin(SegmenterPlugin(params.model, params.device,
                                                    params.precision, torch_threads(params)))
-        indexed = index_stage(run, client)
-        planned = plan_stage(run, indexed)
-        shards = planned.shards(params.shard_size)
+        index_stage(run, client)
+        shards = plan_stage(run, client)
+        if params.plan_only:  # planned and reported; nothing is scored
+            shards = []
         bar = Progress("[progress.description]{task.description}", BarColumn(),
                        MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress)
         with bar:
-            counter = _Advance(bar, bar.add_task("scoring", total=len(planned.items)))
+            counter = _Advance(bar, bar.add_task("scoring", total=run.counts.studies_planned))
             for number, shard in enumerate(shards, start=1):
-                outcomes = score_shard(run, client, shard, number, len(shards), counter)
-                commit_stage(run, outcomes)
+                score_shard(run, client, shard, number, len(shards), counter)
     return report_stage(run)
 
 

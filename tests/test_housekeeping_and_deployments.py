@@ -29,6 +29,7 @@ def test_compaction_and_vacuum_keep_every_query_result(prefect_api, tmp_path):
     for profile in ("standard", "siemens"):  # two runs: several small files per table
         run_single_process(ScoreParams(source=str(source), out=str(out), profile=profile,
                                        shard_size=1))
+    assert list((out / "_scratch").iterdir()) == []  # each run removed its scratch folder
     before = _everything(out)
     report = {t["table"]: t for t in housekeeping(out=str(out), retention_hours=0)}
     assert report["vessel_scores"]["files_before"] == 6
@@ -37,6 +38,25 @@ def test_compaction_and_vacuum_keep_every_query_result(prefect_api, tmp_path):
     assert _everything(out) == before
     parquet_files = list((out / "tables" / "vessel_scores").glob("*.parquet"))
     assert len(parquet_files) == 1  # the vacuum really deleted the compacted files
+
+
+def test_housekeeping_deletes_only_the_scratch_of_runs_that_died(tmp_path):
+    import os
+    import time
+
+    from calcpipe.tables.housekeeping import remove_abandoned_scratch
+
+    dead, live = tmp_path / "_scratch" / "dead-run", tmp_path / "_scratch" / "live-run"
+    for folder in (dead, live):
+        (folder / "plan").mkdir(parents=True)
+        (folder / "plan" / "group-000000.parquet").write_bytes(b"paths")
+    week_ago = time.time() - 8 * 24 * 3600
+    os.utime(dead / "plan" / "group-000000.parquet", (week_ago, week_ago))
+    assert remove_abandoned_scratch(str(tmp_path), dry_run=True) == 1
+    assert dead.exists()
+    assert remove_abandoned_scratch(str(tmp_path)) == 1
+    assert not dead.exists() and live.exists()
+    assert remove_abandoned_scratch(str(tmp_path)) == 0
 
 
 def test_serve_builds_a_nightly_and_a_weekly_deployment(tmp_path):

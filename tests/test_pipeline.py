@@ -206,7 +206,37 @@ def test_rescore_without_masks_fails_each_study_clearly(pool, tmp_path):
     assert rows(tmp_path / "out", "failures")[0]["code"] == "no_stored_mask"
 
 
+def test_many_plan_partitions_and_read_tasks_give_the_rows_of_one(pool, tmp_path,
+                                                                 monkeypatch):
+    """Index in tasks of 7 objects and plan in one partition per 20 objects (4 studies,
+    more than 40 objects: 7 or more read tasks, 3 or more partitions) write what one task
+    and one partition write."""
+    import calcpipe.pipeline.index as index_module
+    import calcpipe.pipeline.plan as plan_module
+
+    src = cohort(pool, tmp_path / "src", [0, 1, 2, 3])
+    whole = run_single_process(ScoreParams(source=str(src), out=str(tmp_path / "whole")))
+    monkeypatch.setattr(index_module, "INDEX_TASK_OBJECTS", 7)
+    monkeypatch.setattr(plan_module, "PLAN_PARTITION_OBJECTS", 20)
+    cut = run_single_process(ScoreParams(source=str(src), out=str(tmp_path / "cut"),
+                                         shard_size=1))
+    assert whole["objects_listed"] == cut["objects_listed"] > 40
+    assert (cut["studies_found"], cut["studies_scored"]) == (4, 4)
+    cut_store = TableStore(str(tmp_path / "cut"))
+    assert cut_store.version("dicom_instances") == -(-cut["objects_listed"] // 7) - 1
+    for name in ("dicom_instances", *RESULT_TABLES):
+        assert rows(tmp_path / "cut", name) == rows(tmp_path / "whole", name), name
+
+
 # -- commit protocol, privacy ---------------------------------------------------------------
+
+def planned_items(run: Any) -> list[Any]:
+    """Index and plan in this process; every planned study."""
+    from calcpipe.pipeline.run import in_process
+
+    run.index(in_process)
+    return [item for shard in run.plan(in_process) for item in run.shard_items(shard)]
+
 
 def test_a_commit_interrupted_half_way_is_invisible_and_repaired(pool, tmp_path):
     from calcpipe.catalog import open_catalog
@@ -218,8 +248,8 @@ def test_a_commit_interrupted_half_way_is_invisible_and_repaired(pool, tmp_path)
     src, out = cohort(pool, tmp_path / "src", [0]), tmp_path / "out"
     params = ScoreParams(source=str(src), out=str(out))
     run = Run(params, None)
-    planned = run.plan(run.index(lambda batches: [run.read_batch(b) for b in batches]))
-    outcome = score_study(planned.items[0], load_segmenter("default", "cpu", "fp32", None),
+    items = planned_items(run)
+    outcome = score_study(items[0], load_segmenter("default", "cpu", "fp32", None),
                           run.provenance, out_root=str(out), storage_options=None, secret=None)
     # the process dies after the vessel rows are committed, before the marker
     run.store.append("vessel_scores", to_table("vessel_scores", outcome.vessel_rows))
@@ -271,6 +301,8 @@ def test_tables_hold_no_paths_and_keys_are_pseudonymised_when_a_key_is_set(
     assert not any("SYN-" in s or str(tmp_path) in s for s in strings)
     assert "a registry secret" not in " ".join(strings)
     assert all((hidden / "masks" / f"{r['study_key']}.nii.gz").is_file() for r in scores)
+    # the run's scratch files (object paths) are gone once it finished
+    assert list((hidden / "_scratch").iterdir()) == []
 
 
 def _single(source: str, out: str, barrier: Any) -> None:
@@ -281,12 +313,12 @@ def _single(source: str, out: str, barrier: Any) -> None:
     from calcpipe.pipeline.work import score_study
 
     run = Run(ScoreParams(source=source, out=out), None)
-    planned = run.plan(run.index(lambda batches: [run.read_batch(b) for b in batches]))
-    assert len(planned.items) == 2
+    items = planned_items(run)
+    assert len(items) == 2
     barrier.wait(timeout=120)
     segmenter = load_segmenter("default", "cpu", "fp32", 1)
     run.commit([score_study(item, segmenter, run.provenance, out_root=out,
-                            storage_options=None, secret=None) for item in planned.items])
+                            storage_options=None, secret=None) for item in items])
     run.finish()
 
 

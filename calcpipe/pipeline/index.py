@@ -3,8 +3,14 @@
 An object is unchanged when its ``object_id`` (hash of the path relative to the source),
 size and ETag (object stores) or mtime (disks) equal those of its latest
 ``dicom_instances`` row; its header is then rebuilt from that row and nothing is read.
-Header reads are cut into batches that the caller maps over workers (Dask futures in the
-flow, a plain loop in a single process).
+
+Nothing here holds the whole cohort in the caller's memory: :func:`list_source` (one task
+on a worker) writes the run's listing and the objects to read to the run's scratch folder
+(:mod:`calcpipe.pipeline.scratch`), the latter in files of :data:`INDEX_TASK_OBJECTS`; each
+:func:`read_group` (one task per file) reads those headers and appends their rows to
+``dicom_instances`` itself; and :func:`current_headers` gives one partition of the studies'
+current header rows to the plan stage. The scratch folder holds object paths (INTERNAL: they
+may hold names); the run deletes it when it finishes, housekeeping deletes abandoned ones.
 """
 
 from __future__ import annotations
@@ -12,16 +18,26 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from calcpipe.ingest.discover import list_candidates, open_filesystem, read_headers
 from calcpipe.ingest.headers import InstanceHeader
 from calcpipe.keys import pseudonymise, table_key
-from calcpipe.tables.schemas import SCHEMA_VERSION
+from calcpipe.pipeline.scratch import group_rows, read_table, write_groups, write_table
+from calcpipe.tables.schemas import SCHEMA_VERSION, to_table
+from calcpipe.tables.store import join
 
-#: Objects per header-reading batch (one unit of Dask work).
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+    from calcpipe.tables.store import TableStore
+
+#: Objects per header-reading task (one scratch file, one Delta commit).
+INDEX_TASK_OBJECTS = 4096
+#: Objects whose headers are requested together inside a task.
 INDEX_BATCH = 256
 
 _RENAMED = {"mtime": "mtime_s"}
@@ -44,10 +60,19 @@ class ListedObject:
 
 
 @dataclass(frozen=True)
-class IndexResult:
-    headers: tuple[InstanceHeader, ...]  # every usable DICOM object now under the source
-    new_rows: list[dict[str, Any]]  # dicom_instances rows for objects read this run
+class Listing:
+    """What :func:`list_source` found (counts only)."""
+
     objects_listed: int
+    to_read: int
+    read_tasks: int  # files in scratch/to_read/
+    skipped: Counter[str]  # skip codes of the unchanged objects
+
+
+@dataclass(frozen=True)
+class GroupRead:
+    """What one :func:`read_group` task read (counts only)."""
+
     headers_read: int
     skipped: Counter[str]
 
@@ -73,10 +98,72 @@ def list_objects(source: str, storage_options: Mapping[str, Any] | None,
     return listed
 
 
+_LISTING_FIELDS = (("object_id", "string"), ("path", "string"), ("url", "string"),
+                   ("size", "int64"), ("etag", "string"), ("mtime", "float64"))
+
+
+def _listing_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, kind)()) for name, kind in _LISTING_FIELDS])
+
+
+def list_source(source: str, storage_options: Mapping[str, Any] | None, store: TableStore,
+                scratch: str, secret: bytes | None) -> Listing:
+    """List ``source`` into ``scratch/listing.parquet`` and write the new or changed
+    objects to ``scratch/to_read/`` (runs on a worker; returns counts only)."""
+    import pyarrow as pa
+
+    from calcpipe.ingest.discover import _url
+
+    fs, _ = open_filesystem(source, storage_options)
+    listed = list_objects(source, storage_options, secret)
+    listing = pa.Table.from_pydict({
+        "object_id": [o.object_id for o in listed], "path": [o.path for o in listed],
+        "url": [_url(fs, o.path) for o in listed], "size": [o.size for o in listed],
+        "etag": [o.etag for o in listed], "mtime": [o.mtime for o in listed]},
+        schema=_listing_schema())
+    del listed
+    options = store.storage_options
+    write_table(join(scratch, "listing.parquet"), listing, options)
+    with _connection(store, listing) as con:
+        con.execute(f"""
+            CREATE TEMP TABLE checked AS
+            SELECT l.*, k.skip_code,
+                   k.object_id IS NULL OR k.size_bytes <> l.size
+                   OR (l.etag IS NOT NULL AND k.etag IS DISTINCT FROM l.etag)
+                   OR (l.etag IS NULL AND (l.mtime IS NULL OR k.mtime_s IS DISTINCT FROM l.mtime))
+                   AS changed
+            FROM listing l LEFT JOIN ({_LATEST}) k USING (object_id)""")
+        to_read = arrow(con, "SELECT object_id, path, url, size, etag, mtime FROM checked "
+                        "WHERE changed ORDER BY path")
+        skipped = Counter[str](dict(con.execute(
+            "SELECT skip_code, count(*) FROM checked WHERE NOT changed "
+            "AND skip_code IS NOT NULL GROUP BY skip_code").fetchall()))
+    groups = write_groups(join(scratch, "to_read"), to_read.cast(_listing_schema()),
+                          INDEX_TASK_OBJECTS, options)
+    return Listing(listing.num_rows, to_read.num_rows, len(groups), skipped)
+
+
+def read_group(source: str, storage_options: Mapping[str, Any] | None, store: TableStore,
+               scratch: str, group: int, secret: bytes | None, run_id: str) -> GroupRead:
+    """Read the headers of the objects of scratch file ``group`` and append their
+    ``dicom_instances`` rows (one Delta commit; runs on a worker)."""
+    rows = group_rows(join(scratch, "to_read"), group, store.storage_options)
+    objects = [ListedObject(r["object_id"], r["path"], r["size"], r["etag"], r["mtime"])
+               for r in rows]
+    new_rows = [row for start in range(0, len(objects), INDEX_BATCH)
+                for row in read_batch(source, storage_options,
+                                      objects[start:start + INDEX_BATCH], secret, run_id)]
+    store.append("dicom_instances", to_table("dicom_instances", new_rows))
+    return GroupRead(len(new_rows), Counter(r["skip_code"] for r in new_rows
+                                            if r.get("skip_code")))
+
+
 def read_batch(source: str, storage_options: Mapping[str, Any] | None,
                objects: list[ListedObject], secret: bytes | None, run_id: str,
                ) -> list[dict[str, Any]]:
-    """``dicom_instances`` rows for a batch of objects (runs on a worker)."""
+    """``dicom_instances`` rows for a batch of objects."""
     fs, _ = open_filesystem(source, storage_options)
     scan = read_headers(fs, [(o.path, o.info) for o in objects])
     now = dt.datetime.now(dt.UTC)
@@ -125,45 +212,55 @@ def header_from_row(row: Mapping[str, Any], url: str) -> InstanceHeader:
     return InstanceHeader(**values)
 
 
-def index(
-    source: str, storage_options: Mapping[str, Any] | None, known: Iterable[dict[str, Any]],
-    *, secret: bytes | None, run_id: str,
-    map_batches: Callable[[list[list[ListedObject]]], list[list[dict[str, Any]]]],
-) -> IndexResult:
-    """List ``source``, read what is new or changed (through ``map_batches``), and return
-    every usable header with the rows to append to ``dicom_instances``.
-
-    ``known``: the existing ``dicom_instances`` rows (any order; the latest per object
-    wins). ``map_batches`` turns batches of objects into row batches, calling
-    :func:`read_batch` on each.
-    """
-    from calcpipe.ingest.discover import _url
-
-    latest: dict[str, dict[str, Any]] = {}
-    for row in known:
-        previous = latest.get(row["object_id"])
-        if previous is None or row["indexed_at"] >= previous["indexed_at"]:
-            latest[row["object_id"]] = row
-    listed = list_objects(source, storage_options, secret)
-    to_read = [o for o in listed if not _unchanged(o, latest.get(o.object_id))]
-    batches = [to_read[i:i + INDEX_BATCH] for i in range(0, len(to_read), INDEX_BATCH)]
-    new_rows = [row for batch in map_batches(batches) for row in batch]
-    current = dict(latest)
-    current.update({row["object_id"]: row for row in new_rows})
-    fs, _ = open_filesystem(source, storage_options)
-    headers, skipped = [], Counter[str]()
-    for o in listed:
-        row = current[o.object_id]
-        if row.get("skip_code"):
-            skipped[row["skip_code"]] += 1
-        else:
-            headers.append(header_from_row(row, _url(fs, o.path)))
-    return IndexResult(tuple(headers), new_rows, len(listed), len(to_read), skipped)
+def current_headers(store: TableStore, scratch: str, part: int, parts: int,
+                    ) -> Iterator[InstanceHeader]:
+    """The usable headers of the objects listed this run whose study falls in partition
+    ``part`` of ``parts`` (by a hash of the study key), from their latest rows."""
+    listing = read_table(join(scratch, "listing.parquet"), store.storage_options,
+                         ["object_id", "url"])
+    with _connection(store, listing) as con:
+        reader: Any = con.sql(f"""
+            SELECT l.url AS _url, k.* FROM listing l JOIN ({_LATEST}) k USING (object_id)
+            WHERE k.skip_code IS NULL AND {partition_filter('k.study_key', parts)} = ?""",
+                              params=[part]).to_arrow_reader(INDEX_TASK_OBJECTS)
+        for batch in reader:
+            for row in batch.to_pylist():
+                yield header_from_row(row, row["_url"])
 
 
-def _unchanged(o: ListedObject, row: Mapping[str, Any] | None) -> bool:
-    if row is None or row["size_bytes"] != o.size:
-        return False
-    if o.etag is not None:
-        return bool(row.get("etag") == o.etag)
-    return o.mtime is not None and row.get("mtime_s") == o.mtime
+# -- DuckDB over the tables and the scratch files ------------------------------------------
+
+#: The latest ``dicom_instances`` row of each object.
+_LATEST = """SELECT * FROM dicom_instances
+             QUALIFY row_number() OVER (PARTITION BY object_id ORDER BY indexed_at DESC) = 1"""
+
+
+def arrow(con: duckdb.DuckDBPyConnection, sql: str, parameters: list[Any] | None = None,
+          ) -> pa.Table:
+    """A query's result as an Arrow table."""
+    table = con.sql(sql, params=parameters or None).to_arrow_table()
+    assert table is not None
+    return table
+
+
+def partition_filter(column: str, parts: int) -> str:
+    """SQL: the plan partition (0 .. parts-1) of a study key column."""
+    return f"(hash({column}) % {int(parts)})"
+
+
+class _connection:
+    """A DuckDB connection with ``dicom_instances`` and ``listing`` registered."""
+
+    def __init__(self, store: TableStore, listing: pa.Table) -> None:
+        self.store, self.listing = store, listing
+
+    def __enter__(self) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
+        self.con = duckdb.connect()
+        self.con.register("dicom_instances", self.store.dataset("dicom_instances"))
+        self.con.register("listing", self.listing)
+        return self.con
+
+    def __exit__(self, *exc: object) -> None:
+        self.con.close()

@@ -24,6 +24,8 @@ class ScoreParams(BaseModel):
     gpus_per_worker, queue, account, walltime, memory, cores: ``calcpipe.flows.cluster``).
     ``torch_threads``: threads of the network per worker (default: the cores shared evenly
     among the workers of a local cluster; torch's own default elsewhere).
+    ``plan_only``: index and plan (the ``series`` rows and the failures of studies that
+    cannot be scored are written), score nothing: what the run would do.
     ``storage_options`` are fsspec options for both source and out (e.g. an S3
     ``endpoint_url``); put credentials in the environment, not here.
     """
@@ -44,6 +46,7 @@ class ScoreParams(BaseModel):
     precision: str = "fp32"
     rescore: bool = False
     retry_failed: bool = False
+    plan_only: bool = False
     storage_options: dict[str, Any] = Field(default_factory=dict)
     cluster_options: dict[str, Any] = Field(default_factory=dict)
 

@@ -8,16 +8,21 @@ with no scorable series fails here, without reading pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from calcpipe.ingest.grouping import StudyGroup, group_studies
 from calcpipe.ingest.headers import InstanceHeader
 from calcpipe.ingest.select import SelectionDecision, select_series
 from calcpipe.tables.schemas import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,64 @@ class Plan:
     studies_found: int = 0
     skipped: int = 0
 
-    def shards(self, size: int) -> list[list[StudyItem]]:
-        return [self.items[i:i + size] for i in range(0, len(self.items), size)]
+
+#: Listed objects per plan partition: a partition's headers are held in one worker.
+PLAN_PARTITION_OBJECTS = 100_000
+
+
+def plan_partitions(objects_listed: int) -> int:
+    """Partitions the plan stage cuts the studies into (by a hash of the study key)."""
+    return max(1, -(-objects_listed // PLAN_PARTITION_OBJECTS))
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    """What planning one partition decided (counts only; the items are in scratch)."""
+
+    part: int
+    studies_found: int
+    planned: int
+    skipped: int
+    failure_codes: Counter[str]
+    shard_sizes: list[int]  # studies in each shard file of the partition
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard: file ``group`` of partition ``part``'s planned items."""
+
+    part: int
+    group: int
+    size: int
+
+
+def _item_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    text, texts = pa.string(), pa.list_(pa.string())
+    return pa.schema([("study_key", text), ("series_key", text),
+                      ("input_fingerprint", text), ("result_id", text), ("urls", texts),
+                      ("attempt", pa.int64()), ("qc_flags", texts), ("device", text),
+                      ("precision", text), ("confidence", pa.float64())])
+
+
+def write_items(path: str, items: list[StudyItem], shard_size: int,
+                storage_options: Mapping[str, Any] | None) -> list[int]:
+    """Write planned items as Parquet, one file per shard; the shard sizes."""
+    import pyarrow as pa
+
+    from calcpipe.pipeline.scratch import write_groups
+
+    table = pa.Table.from_pylist([dataclasses.asdict(i) for i in items], schema=_item_schema())
+    return write_groups(path, table, shard_size, storage_options)
+
+
+def read_items(path: str, group: int, storage_options: Mapping[str, Any] | None,
+               ) -> list[StudyItem]:
+    from calcpipe.pipeline.scratch import group_rows
+
+    return [StudyItem(**{**r, "urls": tuple(r["urls"]), "qc_flags": tuple(r["qc_flags"])})
+            for r in group_rows(path, group, storage_options)]
 
 
 def input_fingerprint(study: StudyGroup) -> str:

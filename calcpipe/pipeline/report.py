@@ -63,6 +63,7 @@ def markdown(row: dict[str, Any], cohort: dict[str, Any], codes: dict[str, int])
         f"| headers read | {row['headers_read']} |",
         f"| studies found | {row['studies_found']} |",
         f"| already done (skipped) | {row['studies_skipped']} |",
+        f"| to score (planned) | {row['studies_planned']} |",
         f"| scored | {row['studies_scored']} |",
         f"| failed | {row['studies_failed']} |",
         f"| time | {row['total_s']:.1f} s |", "",
@@ -116,7 +117,8 @@ def print_summary(console: Any, params: Any, row: dict[str, Any]) -> None:
     counts.add_row("run id", row["run_id"])
     for label, key in (("objects listed", "objects_listed"), ("headers read", "headers_read"),
                        ("studies found", "studies_found"),
-                       ("already done", "studies_skipped"), ("scored", "studies_scored"),
+                       ("already done", "studies_skipped"), ("planned", "studies_planned"),
+                       ("scored", "studies_scored"),
                        ("failed", "studies_failed")):
         counts.add_row(label, str(row[key]))
     counts.add_row("time", f"{row['total_s']:.1f} s")

@@ -17,21 +17,51 @@ with two runs on one cohort at the same time.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from calcpipe import __version__
-from calcpipe.pipeline.index import IndexResult, ListedObject, index, read_batch
+from calcpipe.pipeline.index import (
+    GroupRead,
+    Listing,
+    arrow,
+    current_headers,
+    list_source,
+    partition_filter,
+    read_group,
+)
 from calcpipe.pipeline.params import ScoreParams
-from calcpipe.pipeline.plan import Plan, Provenance, plan
+from calcpipe.pipeline.plan import (
+    PartitionPlan,
+    Plan,
+    Provenance,
+    ShardSpec,
+    StudyItem,
+    plan,
+    plan_partitions,
+    read_items,
+    write_items,
+)
+from calcpipe.pipeline.scratch import remove, scratch_root
 from calcpipe.pipeline.work import StudyOutcome
 from calcpipe.tables.schemas import RESULT_TABLES, SCHEMA_VERSION, to_table
-from calcpipe.tables.store import TableStore
+from calcpipe.tables.store import TableStore, join
+
+T = TypeVar("T")
+R = TypeVar("R")
+#: Runs a function over values, somewhere (Dask workers in the flow), in order.
+Mapper = Callable[[Callable[[T], R], Sequence[T]], list[R]]
+
+
+def in_process(function: Callable[[T], R], values: Sequence[T]) -> list[R]:
+    """The :data:`Mapper` of a single-process run."""
+    return [function(v) for v in values]
 
 
 @dataclass
@@ -44,6 +74,7 @@ class RunCounts:
     studies_scored: int = 0
     studies_failed: int = 0
     failure_codes: Counter[str] = field(default_factory=Counter)
+    index_skipped: Counter[str] = field(default_factory=Counter)
     timings: dict[str, float] = field(default_factory=lambda: {
         "index_s": 0.0, "plan_s": 0.0, "score_s": 0.0})
 
@@ -103,47 +134,98 @@ class Run:
                                      params.precision == "fp32" else "fp32", self.run_id)
 
     # -- index -----------------------------------------------------------------------
-    def index(self, map_batches: Callable[[list[list[ListedObject]]],
-                                          list[list[dict[str, Any]]]]) -> IndexResult:
-        start = time.perf_counter()
-        known = self.store.read("dicom_instances").to_pylist()
-        result = index(self.params.source, self.params.storage_options or None, known,
-                       secret=self.secret, run_id=self.run_id, map_batches=map_batches)
-        self.store.append("dicom_instances", to_table("dicom_instances", result.new_rows))
-        self.counts.objects_listed = result.objects_listed
-        self.counts.headers_read = result.headers_read
-        self.counts.timings["index_s"] += time.perf_counter() - start
-        return result
+    @property
+    def scratch(self) -> str:
+        """This run's scratch folder (INTERNAL: its files hold object paths)."""
+        return scratch_root(self.store.root, self.run_id)
 
-    def read_batch(self, objects: list[ListedObject]) -> list[dict[str, Any]]:
-        return read_batch(self.params.source, self.params.storage_options or None, objects,
-                          self.secret, self.run_id)
+    def index(self, mapper: Mapper) -> Listing:
+        """List the source and read what is new or changed, through ``mapper`` (the flow
+        maps on Dask workers); only counts come back here."""
+        start = time.perf_counter()
+        listing = mapper(self.list_source, [None])[0]
+        reads = mapper(self.read_group, list(range(listing.read_tasks)))
+        c = self.counts
+        c.objects_listed, c.headers_read = listing.objects_listed, listing.to_read
+        c.index_skipped = listing.skipped + sum((r.skipped for r in reads), Counter())
+        c.timings["index_s"] += time.perf_counter() - start
+        return listing
+
+    def list_source(self, _: object = None) -> Listing:
+        return list_source(self.params.source, self.params.storage_options or None,
+                           self.store, self.scratch, self.secret)
+
+    def read_group(self, group: int) -> GroupRead:
+        return read_group(self.params.source, self.params.storage_options or None,
+                          self.store, self.scratch, group, self.secret, self.run_id)
 
     # -- plan ------------------------------------------------------------------------
-    def plan(self, indexed: IndexResult) -> Plan:
+    def plan(self, mapper: Mapper) -> list[ShardSpec]:
+        """Plan every study of the listing in partitions (one ``mapper`` call each, by a
+        hash of the study key) and return the shards to score; only counts and shard
+        specifications come back here, the items stay in the scratch folder."""
         start = time.perf_counter()
-        committed = self.store.read("study_scores", ["result_id", "study_key",
-                                                     "input_fingerprint", "model_checksum",
-                                                     "device", "precision", "scored_at",
-                                                     "segmentation_confidence"])
-        failures = self.store.read("failures", ["result_id"]).column("result_id").to_pylist()
-        seen = self.store.read("series", ["study_key", "input_fingerprint"]).to_pylist()
-        result = plan(indexed.headers, self.provenance,
-                      committed=set(committed.column("result_id").to_pylist()),
-                      failed_attempts=Counter(failures),
-                      seen_fingerprints={(r["study_key"], r["input_fingerprint"])
-                                         for r in seen},
+        parts = plan_partitions(self.counts.objects_listed)
+        partitions = mapper(functools.partial(self.plan_partition, parts=parts),
+                            list(range(parts)))
+        c = self.counts
+        for p in partitions:
+            c.studies_found += p.studies_found
+            c.studies_planned += p.planned
+            c.studies_skipped += p.skipped
+            c.studies_failed += sum(p.failure_codes.values())
+            c.failure_codes.update(p.failure_codes)
+        c.timings["plan_s"] += time.perf_counter() - start
+        return [ShardSpec(p.part, group, size) for p in partitions
+                for group, size in enumerate(p.shard_sizes)]
+
+    def plan_partition(self, part: int, parts: int) -> PartitionPlan:
+        """Plan the studies of one partition (runs on a worker): append their ``series``
+        and ``failures`` rows, write their items to the scratch folder in files of
+        ``shard_size``; counts come back."""
+        headers = current_headers(self.store, self.scratch, part, parts)
+        committed, failed, seen = self._decided(part, parts)
+        result = plan(tuple(headers), self.provenance,
+                      committed={r["result_id"] for r in committed},
+                      failed_attempts=failed, seen_fingerprints=seen,
                       retry_failed=self.params.retry_failed)
         if self.params.rescore:
-            self._masks_for_rescore(result, committed.to_pylist())
+            self._masks_for_rescore(result, committed)
         self.store.append("series", to_table("series", result.series_rows))
         self.store.append("failures", to_table("failures", result.failures))
-        self.counts.studies_found = result.studies_found
-        self.counts.studies_planned = len(result.items)
-        self.counts.studies_skipped = result.skipped
-        self._count_failures(result.failures)
-        self.counts.timings["plan_s"] += time.perf_counter() - start
-        return result
+        sizes = write_items(self._items_path(part), result.items, self.params.shard_size,
+                            self.store.storage_options) if result.items else []
+        return PartitionPlan(part, result.studies_found, len(result.items), result.skipped,
+                             Counter(f["code"] for f in result.failures), sizes)
+
+    def shard_items(self, shard: ShardSpec) -> list[StudyItem]:
+        """The studies of one shard (read from the scratch folder)."""
+        return read_items(self._items_path(shard.part), shard.group, self.store.storage_options)
+
+    def _items_path(self, part: int) -> str:
+        return join(self.scratch, "plan", f"part-{part:05d}")
+
+    def _decided(self, part: int, parts: int,
+                 ) -> tuple[list[dict[str, Any]], Counter[str], set[tuple[str, str]]]:
+        """This partition's committed results (rows), failures per result and
+        (study_key, input_fingerprint) pairs already in ``series``."""
+        import duckdb
+
+        with duckdb.connect() as con:
+            for name in ("study_scores", "failures", "series"):
+                con.register(name, self.store.dataset(name))
+            where = f"WHERE {partition_filter('study_key', parts)} = ?"
+            committed = arrow(
+                con, "SELECT result_id, study_key, input_fingerprint, model_checksum, device, "
+                f"precision, scored_at, segmentation_confidence FROM study_scores {where}",
+                [part]).to_pylist()
+            failed = Counter[str](dict(con.execute(
+                f"SELECT result_id, count(*) FROM failures {where} GROUP BY result_id",
+                [part]).fetchall()))
+            seen = {(k, f) for k, f in con.execute(
+                f"SELECT DISTINCT study_key, input_fingerprint FROM series {where}",
+                [part]).fetchall()}
+        return committed, failed, seen
 
     def _masks_for_rescore(self, result: Plan, committed: list[dict[str, Any]]) -> None:
         """Keep the studies whose stored mask came from this model on these inputs (the
@@ -233,7 +315,8 @@ class Run:
         c = self.counts
         row = {
             "run_id": self.run_id, "cohort": self.params.cohort,
-            "mode": "rescore" if self.params.rescore else "score",
+            "mode": ("plan" if self.params.plan_only else
+                     "rescore" if self.params.rescore else "score"),
             "started_at": self.started_at, "finished_at": finished,
             "parameters_json": json.dumps(self.params.public(), sort_keys=True),
             "versions_json": json.dumps(versions(), sort_keys=True),
@@ -248,7 +331,11 @@ class Run:
         self.store.append("runs", to_table("runs", [row]))
         render_catalog(self.params.out, self.params.storage_options or None)
         write_report(self, row)
+        self.remove_scratch()
         return row
+
+    def remove_scratch(self) -> None:
+        remove(self.scratch, self.store.storage_options)
 
 
 def run_single_process(params: ScoreParams, secret: bytes | None = None,
@@ -257,16 +344,18 @@ def run_single_process(params: ScoreParams, secret: bytes | None = None,
     from calcpipe.pipeline.work import score_study
 
     run = Run(params, secret)
-    indexed = run.index(lambda batches: [run.read_batch(b) for b in batches])
-    planned = run.plan(indexed)
+    run.index(in_process)
+    shards = run.plan(in_process)
+    if params.plan_only:
+        return run.finish()
     segmenter = None if params.rescore else load_segmenter(
         params.model, params.device, params.precision,
         threads if threads is not None else params.torch_threads)
-    for shard in planned.shards(params.shard_size):
+    for shard in shards:
         start = time.perf_counter()
         outcomes = [score_study(item, segmenter, run.provenance, out_root=run.store.root,
                                 storage_options=params.storage_options or None,
-                                secret=secret) for item in shard]
+                                secret=secret) for item in run.shard_items(shard)]
         run.counts.timings["score_s"] += time.perf_counter() - start
         run.commit(outcomes)
     return run.finish()

@@ -2,7 +2,8 @@
 
 Every shard commit adds one small Parquet file per table; ``compact`` rewrites them into
 files of about 256 MB (a new Delta version: same rows, fewer files). ``vacuum`` then deletes
-data files no longer referenced by any version younger than the retention period.
+data files no longer referenced by any version younger than the retention period, and
+:func:`remove_abandoned_scratch` the scratch folders of runs that died (older than it).
 
 Retention (docs/tables.md): 168 hours by default. Readers holding an older snapshot, and
 time travel to versions older than the retention, fail after a vacuum; a run in progress
@@ -53,3 +54,14 @@ def housekeep(out: str, storage_options: Mapping[str, Any] | None = None, *,
         report.append(TableHousekeeping(name, version, table.version(), files,
                                         len(table.file_uris()), len(removed)))
     return report
+
+
+def remove_abandoned_scratch(out: str, storage_options: Mapping[str, Any] | None = None, *,
+                             retention_hours: int = DEFAULT_RETENTION_HOURS,
+                             dry_run: bool = False) -> int:
+    """Delete the scratch folders (object paths) of runs that died more than
+    ``retention_hours`` ago; how many."""
+    from calcpipe.pipeline.scratch import remove_abandoned
+
+    return remove_abandoned(out, storage_options, older_than_hours=retention_hours,
+                            dry_run=dry_run)

@@ -276,7 +276,7 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
         (
             _c("run_id", "string", None, "run id"),
             _c("cohort", "string", None, "cohort name"),
-            _c("mode", "string", None, "score or rescore"),
+            _c("mode", "string", None, "score, rescore or plan (plan only, nothing scored)"),
             _c("started_at", "timestamp[us, UTC]", None, "start"),
             _c("finished_at", "timestamp[us, UTC]", None, "end"),
             _c("parameters_json", "string", None, "parameters, without secrets"),
