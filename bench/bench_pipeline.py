@@ -1,7 +1,8 @@
 """Benchmark: the cohort flow's orchestration overhead and its scaling from 1 to 2 workers.
 
-One synthetic cohort (N_STUDIES studies, MATRIX x MATRIX) is scored three times into fresh
-output folders, side by side in this one process:
+One synthetic cohort (N_STUDIES studies, MATRIX x MATRIX) is scored into fresh output
+folders, side by side in this one process, in REPEATS rounds (medians reported; the order
+rotates each round, because this shared machine drifts by 10-20 % over minutes):
 
 * single process (``run_single_process``, no Prefect, no Dask, one torch thread): the
   per-study compute;
@@ -9,7 +10,8 @@ output folders, side by side in this one process:
 * the same flow on 2 single-threaded workers.
 
 A one-study flow run first starts Prefect's API (not timed). Reported: the score stage
-(shards plus commits) of each, the flow's overhead per study
+(for the flow: the wall time of all its score-shard task runs, Prefect's own cost
+included) of each, the flow's overhead per study
 against the single process (target: at most 5 % of the per-study compute), the 2-worker
 over 1-worker throughput (target: at least 1.5x), the fixed start-up cost of a flow run
 (Prefect API, cluster, model loading) apart, and the number of Prefect task runs.
@@ -19,6 +21,7 @@ Prefect runs against its local ephemeral API under a temporary PREFECT_HOME.
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +29,7 @@ from pathlib import Path
 N_STUDIES = 16
 MATRIX = 128
 SHARD = 8
+REPEATS = 3
 
 
 def main() -> None:
@@ -48,35 +52,52 @@ def main() -> None:
         score_cohort(ScoreParams(out=str(Path(tmp) / "warm-up"), workers=1,
                                  **{**base, "source": str(cohort / "study_00000")}),
                      show_progress=False)
-        start = time.perf_counter()
-        single = run_single_process(ScoreParams(out=str(Path(tmp) / "single"), **base),
-                                    threads=1)
-        single_wall = time.perf_counter() - start
-        results = {}
-        for workers in (1, 2):
-            start = time.perf_counter()
-            row = score_cohort(ScoreParams(out=str(Path(tmp) / f"flow{workers}"),
-                                           workers=workers, **base), show_progress=False)
-            results[workers] = (row, time.perf_counter() - start)
-        assert all(r["studies_scored"] == N_STUDIES for r, _ in results.values())
+        runs: dict[str, list[tuple[dict[str, float], float]]] = {
+            "single": [], "flow1": [], "flow2": []}
 
-    per_study = single["score_s"] / N_STUDIES
-    flow1 = results[1][0]["score_s"]
-    overhead = (flow1 - single["score_s"]) / N_STUDIES
-    speedup = results[1][0]["score_s"] / results[2][0]["score_s"]
+        def once(kind: str, number: int) -> None:
+            out = str(Path(tmp) / f"{kind}-{number}")
+            start = time.perf_counter()
+            if kind == "single":
+                row = run_single_process(ScoreParams(out=out, **base), threads=1)
+            else:
+                row = score_cohort(ScoreParams(out=out, workers=int(kind[-1]), **base),
+                                   show_progress=False)
+            assert row["studies_scored"] == N_STUDIES
+            runs[kind].append((row, time.perf_counter() - start))
+
+        kinds = list(runs)
+        for number in range(REPEATS):
+            for kind in kinds[number % 3:] + kinds[:number % 3]:
+                once(kind, number)
+
+    def median(kind: str, key: str) -> float:
+        return statistics.median(row[key] for row, _ in runs[kind])
+
+    single = median("single", "score_s")
+    per_study = single / N_STUDIES
+    flow1, flow2 = median("flow1", "score_s"), median("flow2", "score_s")
+    overhead = (flow1 - single) / N_STUDIES
+    speedup = flow1 / flow2
     shards = -(-N_STUDIES // SHARD)
-    print(f"pipeline: {N_STUDIES} synthetic studies {MATRIX}x{MATRIX}, shards of {SHARD}")
-    print(f"  single process (1 torch thread): score+commit {single['score_s']:.1f} s "
-          f"({per_study:.2f} s/study), run {single_wall:.1f} s")
-    for workers, (row, wall) in results.items():
-        print(f"  flow, {workers} worker(s):              score+commit {row['score_s']:.1f} s "
-              f"({N_STUDIES / row['score_s']:.2f} studies/s); index {row['index_s']:.1f} s, "
-              f"plan {row['plan_s']:.1f} s; whole call {wall:.1f} s (start-up included)")
+    print(f"pipeline: {N_STUDIES} synthetic studies {MATRIX}x{MATRIX}, shards of {SHARD}, "
+          f"medians of {REPEATS} rounds")
+    print(f"  single process (1 torch thread): score+commit {single:.1f} s "
+          f"({per_study:.2f} s/study); rounds "
+          + ", ".join(f"{row['score_s']:.1f}" for row, _ in runs["single"]))
+    for kind in ("flow1", "flow2"):
+        seconds = median(kind, "score_s")
+        print(f"  flow, {kind[-1]} worker(s): score stage {seconds:.1f} s "
+              f"({N_STUDIES / seconds:.2f} studies/s; rounds "
+              + ", ".join(f"{row['score_s']:.1f}" for row, _ in runs[kind])
+              + f"); index {median(kind, 'index_s'):.1f} s, plan {median(kind, 'plan_s'):.1f} s;"
+              f" whole call {statistics.median(w for _, w in runs[kind]):.1f} s "
+              "(start-up included)")
     print(f"  orchestration overhead per study, 1 worker vs single process: "
           f"{overhead:+.3f} s = {100 * overhead / per_study:+.1f} % of compute (target <= 5 %)")
     print(f"  throughput 2 workers / 1 worker: {speedup:.2f}x (target >= 1.5x)")
-    print(f"  Prefect task runs per flow run: {2 * shards + 3} "
-          f"(index, plan, {shards} score-shard, {shards} commit, report)")
+    print(f"  Prefect task runs per flow run: {shards + 3} "
+          f"(index, plan, {shards} score-shard (score and commit), report)")
 
 
 if __name__ == "__main__":

@@ -89,13 +89,16 @@ class UNetSegmenter:
 
         return cls(load_checkpoint(model), **kwargs)
 
-    def logits(self, x: npt.NDArray[np.float32]) -> Any:
-        """Network logits for a (N, C, H, W) batch, as a float32 tensor on the device."""
+    def logits(self, x: Any) -> Any:
+        """Network logits for a (N, C, H, W) batch (array or tensor), as a float32 tensor
+        on the device."""
         import torch
 
-        batch = torch.from_numpy(x)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        batch = torch.as_tensor(x)
+        if batch.device != self.device:
+            if self.device.type == "cuda":
+                batch = batch.pin_memory()
+            batch = batch.to(self.device, non_blocking=True)
         batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if self.precision == "bf16":
@@ -107,45 +110,51 @@ class UNetSegmenter:
 
     def segment(self, hu: npt.NDArray[np.integer], spacing_mm: tuple[float, float, float],
                 *, kvp: float = 120.0) -> Segmentation:
-        import torch
-        import torch.nn.functional as F
+        from calcpipe.models.preprocess import model_input
 
-        from calcpipe.models.preprocess import context_stack, to_model_grid
-
-        x, grid = to_model_grid(hu, spacing_mm, model_spacing_mm=self.spacing,
-                                stride=2**self.config.depth)
-        stack = context_stack(x, self.config.context)
+        stack, grid = model_input(hu, spacing_mm, model_spacing_mm=self.spacing,
+                                  stride=2**self.config.depth, context=self.config.context,
+                                  device=self.device)
         labels = np.zeros(hu.shape, dtype=np.uint8)
-        candidates = hu >= threshold_for(kvp)
+        inside = np.zeros(hu.shape[1:], dtype=bool)  # the body crop; nothing outside it
+        inside[grid.row0 : grid.row0 + grid.rows, grid.col0 : grid.col0 + grid.cols] = True
+        candidates = (hu >= threshold_for(kvp)) & inside
         top_sum, top_count = 0.0, 0
-        h, w = grid.shape
         for start in range(0, hu.shape[0], self.batch_size):
             stop = min(start + self.batch_size, hu.shape[0])
             flat = np.flatnonzero(candidates[start:stop])  # 3-D np.nonzero is far slower
             if not flat.size:
                 continue
             z, r, c = np.unravel_index(flat, candidates[start:stop].shape)
-            logits = self.logits(np.ascontiguousarray(stack[start:stop]))
-            mr, mc = grid.to_model(r, c)
-            # grid_sample coordinates in [-1, 1] (align_corners=False: pixel edges)
-            gx = torch.from_numpy((mc + 0.5) / w * 2 - 1).float()
-            gy = torch.from_numpy((mr + 0.5) / h * 2 - 1).float()
-            points = torch.stack([gx, gy], dim=-1).to(logits.device)
-            for k in np.unique(z):
-                sel = np.flatnonzero(z == k)
-                where = points[torch.from_numpy(sel).to(logits.device)][None, None]
-                sampled = F.grid_sample(logits[k : k + 1], where, mode="bilinear",
-                                        padding_mode="border", align_corners=False)
-                probs = torch.softmax(sampled[0, :, 0, :], dim=0)
-                top, label = probs.max(dim=0)
-                label_np = label.cpu().numpy().astype(np.uint8)
-                labels[start + k, r[sel], c[sel]] = label_np
-                calcium = label_np > 0
-                top_sum += float(top.cpu().numpy()[calcium].sum())
-                top_count += int(calcium.sum())
-        inside = np.zeros(hu.shape[1:], dtype=bool)
-        inside[grid.row0 : grid.row0 + grid.rows, grid.col0 : grid.col0 + grid.cols] = True
-        labels[:, ~inside] = 0
+            logits = self.logits(stack[start:stop])
+            label, top = sample_labels(logits, z, *grid.to_model(r, c))
+            labels[start + z, r, c] = label
+            calcium = label > 0
+            top_sum += float(top[calcium].sum())
+            top_count += int(calcium.sum())
         confidence = top_sum / top_count if top_count else None
         return Segmentation(labels, confidence, self.model_id, self.model_checksum,
                             self.device.type, self.precision)
+
+
+def sample_labels(logits: Any, z: npt.NDArray[np.intp], rows: npt.NDArray[np.float64],
+                  cols: npt.NDArray[np.float64],
+                  ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
+    """Top class and its probability at points of a (N, C, H, W) logits batch: slice ``z``,
+    model-grid position (``rows``, ``cols``) in pixel-centre coordinates, bilinear,
+    positions clamped to the grid (as ``grid_sample(..., padding_mode="border",
+    align_corners=False)``), all points in one vectorised gather, one transfer back."""
+    import torch
+
+    device = logits.device
+    _, _, h, w = logits.shape
+    y = torch.from_numpy(rows).to(device, torch.float32).clamp_(0, h - 1)
+    x = torch.from_numpy(cols).to(device, torch.float32).clamp_(0, w - 1)
+    y0, x0 = y.floor().long(), x.floor().long()
+    y1, x1 = (y0 + 1).clamp_(max=h - 1), (x0 + 1).clamp_(max=w - 1)
+    wy, wx = (y - y0)[:, None], (x - x0)[:, None]
+    b = torch.from_numpy(z).to(device)
+    values = ((1 - wy) * ((1 - wx) * logits[b, :, y0, x0] + wx * logits[b, :, y0, x1])
+              + wy * ((1 - wx) * logits[b, :, y1, x0] + wx * logits[b, :, y1, x1]))
+    top, label = torch.softmax(values, dim=1).max(dim=1)
+    return label.to(torch.uint8).cpu().numpy(), top.cpu().numpy()

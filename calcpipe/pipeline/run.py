@@ -253,7 +253,6 @@ class Run:
     # -- commit ----------------------------------------------------------------------
     def commit(self, outcomes: Iterable[StudyOutcome]) -> None:
         """Commit one shard's outcomes (see the module docstring for the protocol)."""
-        start = time.perf_counter()
         outcomes = sorted(outcomes, key=lambda o: o.result_id)
         failures = [o.failure for o in outcomes if o.failure is not None]
         scored = [o for o in outcomes if o.study_row is not None]
@@ -272,7 +271,6 @@ class Run:
             winners = self._winners(ids)
             self.counts.studies_scored += sum(winners.get(i) == self.run_id for i in ids)
             self._drop_losers(ids, winners)
-        self.counts.timings["score_s"] += time.perf_counter() - start
 
     def _winners(self, ids: list[str]) -> dict[str, str]:
         """result_id -> the run_id whose study_scores row committed it.
@@ -351,12 +349,11 @@ def run_single_process(params: ScoreParams, secret: bytes | None = None,
     segmenter = None if params.rescore else load_segmenter(
         params.model, params.device, params.precision,
         threads if threads is not None else params.torch_threads)
+    start = time.perf_counter()
     for shard in shards:
-        start = time.perf_counter()
-        outcomes = [score_study(item, segmenter, run.provenance, out_root=run.store.root,
+        run.commit([score_study(item, segmenter, run.provenance, out_root=run.store.root,
                                 storage_options=params.storage_options or None,
-                                secret=secret) for item in run.shard_items(shard)]
-        run.counts.timings["score_s"] += time.perf_counter() - start
-        run.commit(outcomes)
+                                secret=secret) for item in run.shard_items(shard)])
+    run.counts.timings["score_s"] = time.perf_counter() - start
     return run.finish()
 
