@@ -61,17 +61,22 @@ def kubernetes_cluster_spec(name: str, *, version: str, workers: int = 2,
                             gpus_per_worker: int = 1, memory: str = "24Gi", cpu: str = "6",
                             node_selector: dict[str, str] | None = None,
                             tolerations: list[dict[str, str]] | None = None,
+                            studies_per_gpu: int | None = None,
                             ) -> dict[str, Any]:
     """A ``DaskCluster`` resource for the Dask Kubernetes operator: a scheduler and
-    ``workers`` workers, each on ``gpus_per_worker`` GPUs (``dask-cuda-worker``, one worker
-    per GPU, GPU=1 resource) or CPU-only when 0."""
+    ``workers`` pods, each on ``gpus_per_worker`` GPUs (``dask-cuda-worker``: one worker
+    process per GPU, with the GPU=1 resource and ``studies_per_gpu`` threads) or CPU-only
+    when 0."""
+    from calcpipe.models.segment import STUDIES_PER_GPU
+
     gpu = gpus_per_worker > 0
     env = [{"name": k, "value": v} for k, v in sorted(WORKER_ENV.items())]
     limits: dict[str, str] = {"memory": memory, "cpu": cpu}
     if gpu:
         limits["nvidia.com/gpu"] = str(gpus_per_worker)
     worker_args = (["dask-cuda-worker", "--name", "$(DASK_WORKER_NAME)",
-                    "--resources", f"GPU={gpus_per_worker}"] if gpu else
+                    "--nthreads", str(studies_per_gpu or STUDIES_PER_GPU),
+                    "--resources", "GPU=1"] if gpu else
                    ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nthreads", "1"])
     pod: dict[str, Any] = {"containers": [{
         "name": "worker", "image": image(version, gpu), "imagePullPolicy": "IfNotPresent",
@@ -135,6 +140,15 @@ def untrimmed_workers() -> Any:
     return dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
 
 
+def studies_per_gpu(params: ScoreParams) -> int:
+    """Studies a GPU worker scores at once (``cluster_options["studies_per_gpu"]``): its
+    threads, each study's task asking for 1/N of the worker's ``GPU=1`` resource, so that
+    decoding and scoring on the CPU overlap inference on the GPU."""
+    from calcpipe.models.segment import STUDIES_PER_GPU
+
+    return max(1, int(params.cluster_options.get("studies_per_gpu", STUDIES_PER_GPU)))
+
+
 def uses_gpus(params: ScoreParams) -> bool:
     """Whether the segmentation tasks ask for the GPU=1 worker resource."""
     if params.cluster == "local-cuda":
@@ -181,8 +195,8 @@ def _start(params: ScoreParams) -> Any:
             except Exception as e:  # without CUDA, importing dask_cuda can fail in many ways
                 raise ImportError(str(e)) from e
 
-            return LocalCUDACluster(threads_per_worker=1, resources={"GPU": 1},
-                                    dashboard_address=None)
+            return LocalCUDACluster(threads_per_worker=studies_per_gpu(params),
+                                    resources={"GPU": 1}, dashboard_address=None)
         if kind == "kubernetes":
             from dask_kubernetes.operator import KubeCluster
 

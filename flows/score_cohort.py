@@ -23,6 +23,7 @@ from calcpipe.flows.cluster import (
     SegmenterPlugin,
     cluster_client,
     score_on_worker,
+    studies_per_gpu,
     torch_threads,
     uses_gpus,
 )
@@ -75,7 +76,9 @@ def score_shard(run: Run, client: Client, spec: ShardSpec, number: int, total: i
     p = run.params
     shard = run.shard_items(spec)
     # the network's tasks run only on GPU workers where the cluster has them
-    resources = {"GPU": 1} if uses_gpus(p) and not p.rescore else None
+    # (N studies at once per GPU worker: decoding overlaps inference)
+    resources = ({"GPU": 1 / studies_per_gpu(p)} if uses_gpus(p) and not p.rescore
+                 else None)
 
     def submit(item: StudyItem) -> Any:
         return client.submit(score_on_worker, item, run.provenance, run.store.root,

@@ -13,10 +13,12 @@ from calcpipe.flows.cluster import (
     WORKER_ENV,
     kubernetes_cluster_spec,
     slurm_cluster_options,
+    studies_per_gpu,
     uses_gpus,
 )
 
 from calcpipe import __version__
+from calcpipe.models.segment import STUDIES_PER_GPU
 from calcpipe.pipeline import ScoreParams
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
@@ -50,6 +52,9 @@ def test_generated_daskcluster_manifest_is_in_step_with_the_spec():
     container = worker["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["args"][:1] == ["dask-cuda-worker"] and "GPU=1" in container["args"]
+    # several studies per GPU worker (threads), so that decoding overlaps inference
+    threads = container["args"][container["args"].index("--nthreads") + 1]
+    assert int(threads) == STUDIES_PER_GPU > 1
     assert worker["tolerations"][0]["key"] == "nvidia.com/gpu" and worker["nodeSelector"]
     assert {e["name"]: e["value"] for e in container["env"]} == WORKER_ENV
     scheduler = checked_in["spec"]["scheduler"]["spec"]["containers"][0]
@@ -102,6 +107,9 @@ def test_cluster_kinds_validate_and_missing_back_ends_fail_clearly(tmp_path):
     assert not uses_gpus(ScoreParams(source="a", out="b", cluster="slurm",
                                      cluster_options={"gpus_per_worker": 0}))
     assert not uses_gpus(ScoreParams(source="a", out="b"))
+    assert studies_per_gpu(ScoreParams(source="a", out="b")) == STUDIES_PER_GPU
+    assert studies_per_gpu(ScoreParams(source="a", out="b", cluster="local-cuda",
+                                       cluster_options={"studies_per_gpu": 2})) == 2
     try:
         import dask_cuda  # noqa: F401
     except ImportError:

@@ -19,6 +19,10 @@ import numpy.typing as npt
 
 from calcpipe.scoring import get_profile
 
+#: Studies one GPU worker processes at once (threads sharing one network): while one study's
+#: DICOM is decoded and scored on the CPU, another's runs on the GPU (bench/gpu_pipeline.py).
+STUDIES_PER_GPU = 4
+
 
 @dataclass(frozen=True, eq=False)
 class Segmentation:
