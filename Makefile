@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_discovery.py
 	$(PY) bench/bench_segmentation.py
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_planning.py
 
 # accuracy of the shipped model: about 10 minutes on 2 cores (outside CI)
 bench-accuracy: $(STAMP)

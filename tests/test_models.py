@@ -149,3 +149,26 @@ def test_vectorised_label_sampling_equals_grid_sample_per_slice():
         expected_top, expected = torch.softmax(sampled[0, :, 0], dim=0).max(dim=0)
         assert (label[sel] == expected.numpy()).all()
         np.testing.assert_allclose(top[sel], expected_top.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_regions_too_large_to_be_one_calcification_keep_no_label():
+    from calcpipe.models.segment import oversized_regions
+
+    candidates = np.zeros((4, 10, 10), dtype=bool)
+    candidates[0:4, 0:5, 0:5] = True  # 100 voxels of 2 mm^3: 200 mm^3
+    candidates[1, 8, 8] = candidates[2, 9, 9] = True  # 26-connected pair: 4 mm^3
+    big = oversized_regions(candidates, (2.0, 1.0, 1.0), max_mm3=100.0)
+    assert big.sum() == 100 and big[0:4, 0:5, 0:5].all()
+    assert not oversized_regions(candidates, (2.0, 1.0, 1.0), max_mm3=200.0).any()
+
+    # the shipped network: a 30 mm bone-like block (27 cm^3) near the heart gets no label
+    rendered = render_study(sample_spec(2024, 0, matrix=128))
+    hu = rendered.hu.copy()
+    z, y, x = (s // 2 for s in hu.shape)
+    rows = int(15 / rendered.spacing_mm[1])
+    slices = max(1, int(15 / rendered.spacing_mm[0]))
+    hu[z - slices:z + slices, y - rows:y + rows, x - rows:x + rows] = 700
+    block = np.zeros(hu.shape, dtype=bool)
+    block[z - slices:z + slices, y - rows:y + rows, x - rows:x + rows] = True
+    labels = UNetSegmenter.load("default", threads=2).segment(hu, rendered.spacing_mm).labels
+    assert not labels[block].any()
