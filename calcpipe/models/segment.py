@@ -21,11 +21,10 @@ from calcpipe.scoring import get_profile
 
 #: Largest 3-D connected region at or above the threshold (26-connected) whose voxels may
 #: keep a calcium label, mm^3. Larger regions are bone, the scanner table, devices or
-#: calibration rods, never one calcification: the largest region holding coronary calcium
-#: in 12 held-out synthetic studies was 843 mm^3, while on the real scans the network
-#: labelled voxels of regions of 7 to 832 cm^3 (bench/bench_accuracy.py prints the effect).
-#: The cost: calcium touching bone loses its label (2 of 100 held-out synthetic studies,
-#: see the model card).
+#: calibration rods, never one calcification: on the real scans the network labelled voxels
+#: of regions of 7 to 832 cm^3 (bench/bench_accuracy.py prints the effect). The cost:
+#: calcium that touches bone joins its region and loses its label (10 of 100 held-out
+#: synthetic studies lose some, 4 much; see the model card).
 MAX_CALCIUM_REGION_MM3 = 5000.0
 
 #: Studies one GPU worker processes at once (threads sharing one network): while one study's
