@@ -219,6 +219,8 @@ def train(
         "calcpipe.annotations.import_cohort)."),
     annotation_format: str = typer.Option(
         "osirix", help="Format of --annotations: osirix, colour, seg or nifti."),
+    flow: bool = typer.Option(
+        False, "--flow", help="Run as the Prefect flow calcpipe.flows.train_model."),
 ) -> None:
     """Train the U-Net on a labelled cohort (patient split 60/20/20) and report test accuracy."""
     import json
@@ -233,11 +235,22 @@ def train(
     from calcpipe.models.train import TrainConfig, train_from_cohort
     from calcpipe.models.unet import UNetConfig
 
-    config = TrainConfig(unet=UNetConfig(base=base, depth=depth, context=context),
-                         model_spacing_mm=spacing, patch=patch, batch=batch, max_steps=steps,
-                         max_minutes=minutes, seed=seed, eval_every=max(1, min(200, steps)))
-    result = train_from_cohort(cohort, out, config, device=device, resume=resume,
-                               log=typer.echo)
+    if flow:
+        import os
+
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        from calcpipe.flows.train_model import train_model
+
+        result = train_model(str(cohort), str(out), steps=steps, minutes=minutes, base=base,
+                             depth=depth, context=context, spacing=spacing, patch=patch,
+                             batch=batch, device=device, seed=seed, resume=resume)
+    else:
+        config = TrainConfig(unet=UNetConfig(base=base, depth=depth, context=context),
+                             model_spacing_mm=spacing, patch=patch, batch=batch,
+                             max_steps=steps, max_minutes=minutes, seed=seed,
+                             eval_every=max(1, min(200, steps)))
+        result = train_from_cohort(cohort, out, config, device=device, resume=resume,
+                                   log=typer.echo)
     typer.echo(format_summary(result["test"]))
     out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
 

@@ -172,3 +172,43 @@ def test_regions_too_large_to_be_one_calcification_keep_no_label():
     block[z - slices:z + slices, y - rows:y + rows, x - rows:x + rows] = True
     labels = UNetSegmenter.load("default", threads=2).segment(hu, rendered.spacing_mm).labels
     assert not labels[block].any()
+
+
+def test_augmentation_adds_every_ct_defect_and_never_flips():
+    from calcpipe.models.train import augment
+
+    x = torch.full((4, 3, 64, 64), -0.2)
+    x[:, :, 20:28, 44:52] = 1.0  # dense spot on the image's right half
+    y = torch.zeros((4, 64, 64), dtype=torch.long)
+    y[:, 20:28, 44:52] = 4  # RCA
+    plain, _ = augment(x, y, torch.Generator().manual_seed(3), p_blur=0, p_motion=0,
+                       p_streaks=0, p_elastic=0)
+    for defect in ("p_blur", "p_motion", "p_streaks", "p_elastic"):
+        only = {k: 0.0 for k in ("p_blur", "p_motion", "p_streaks", "p_elastic")}
+        changed, _ = augment(x, y, torch.Generator().manual_seed(3), **{**only, defect: 1.0})
+        assert not torch.allclose(changed, plain, atol=1e-3), defect
+    out_x, out_y = augment(x, y, torch.Generator().manual_seed(3), p_blur=1, p_motion=1,
+                           p_streaks=1, p_elastic=1)
+    assert out_x.shape == x.shape and out_y.shape == y.shape and torch.isfinite(out_x).all()
+    assert set(out_y.unique().tolist()) <= {0, 4}
+    for i in range(4):
+        cols = torch.nonzero(out_y[i] == 4)[:, 1].float()
+        assert cols.numel() > 0 and cols.mean() > 32  # still on the right: no flip
+
+
+def test_training_flow_trains_and_measures_on_the_test_patients(prefect_api, tmp_path):
+    from calcpipe.flows.train_model import train_model
+    from prefect.artifacts import Artifact
+
+    from calcpipe.synthetic import write_cohort
+
+    cohort = write_cohort(tmp_path / "cohort", studies=5, seed=43, matrix=64, workers=1)
+    out = tmp_path / "flow.pt"
+    result = train_model(str(cohort), str(out), steps=4, base=4, depth=3, spacing=2.0,
+                         patch=32, batch=2)
+    assert result["steps"] == 4 and out.is_file()
+    assert result["test"]["patients"] == 1  # 5 studies: 3 train, 1 validation, 1 test
+    payload = ckpt.load_checkpoint(out).payload
+    assert payload["training"]["data"].endswith("3 train, 1 validation, 1 test studies")
+    artifact = Artifact.get("calcpipe-training", _sync=True)  # type: ignore[call-arg]
+    assert artifact is not None and "1 test studies" in artifact.data

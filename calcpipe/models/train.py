@@ -147,8 +147,18 @@ class _Bank:
         return x.float(), y.long()
 
 
-def augment(x: Any, y: Any, generator: Any) -> tuple[Any, Any]:
-    """CT-like defects on a batch (N, C, H, W) and its labels (N, H, W); no flips."""
+#: Probabilities of the CT defects :func:`augment` adds to a batch.
+P_BLUR, P_MOTION, P_STREAKS, P_ELASTIC = 0.3, 0.2, 0.2, 0.3
+
+
+def augment(x: Any, y: Any, generator: Any, *, p_blur: float = P_BLUR,
+            p_motion: float = P_MOTION, p_streaks: float = P_STREAKS,
+            p_elastic: float = P_ELASTIC) -> tuple[Any, Any]:
+    """CT-like defects on a batch (N, C, H, W) and its labels (N, H, W): HU gain and
+    offset, noise, blur, motion (a smear along a random direction, as a beating heart
+    leaves), streaks (bright and dark rays from a dense point, as from metal or beam
+    hardening), small rotation, scale and translation, and a smooth elastic deformation.
+    Never a flip: left-right would put the RCA on the wrong side."""
     import torch
     import torch.nn.functional as F
 
@@ -158,9 +168,17 @@ def augment(x: Any, y: Any, generator: Any) -> tuple[Any, Any]:
     def uniform(low: float, high: float, shape: tuple[int, ...] = (n, 1, 1, 1)) -> Any:
         return low + (high - low) * torch.rand(shape, generator=generator, device=dev)
 
+    def happens(p: float) -> bool:
+        return bool(torch.rand(1, generator=generator, device=dev).item() < p)
+
     x = x * uniform(0.92, 1.08) + uniform(-0.06, 0.06)  # HU gain and offset
     x = x + torch.randn(x.shape, generator=generator, device=dev) * uniform(0.0, 0.05)
-    if torch.rand(1, generator=generator, device=dev).item() < 0.3:  # blur
+    if happens(p_motion):
+        x = _motion(x, float(uniform(0, math.pi, (1,)).item()),
+                    int(uniform(2, 6, (1,)).item()))
+    if happens(p_streaks):
+        x = x + _streaks(x.shape, generator, dev)
+    if happens(p_blur):
         sigma = float(uniform(0.5, 1.0, (1,)).item())
         k = torch.arange(-2, 3, device=dev, dtype=x.dtype)
         kernel = torch.exp(-(k**2) / (2 * sigma**2))
@@ -175,10 +193,52 @@ def augment(x: Any, y: Any, generator: Any) -> tuple[Any, Any]:
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
                          torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if happens(p_elastic):
+        grid = grid + _elastic(x.shape, generator, dev)
     air = HU_CLIP[0] / HU_SCALE
     x = F.grid_sample(x - air, grid, mode="bilinear", align_corners=False) + air
     y = F.grid_sample(y[:, None].float(), grid, mode="nearest", align_corners=False)
     return x, y[:, 0].long()
+
+
+def _motion(x: Any, angle: float, length: int) -> Any:
+    """Average of ``length`` copies shifted one pixel at a time along ``angle``."""
+    import torch
+
+    dy, dx = math.sin(angle), math.cos(angle)
+    copies = [torch.roll(x, shifts=(round(k * dy), round(k * dx)), dims=(2, 3))
+              for k in range(length)]
+    return torch.stack(copies).mean(dim=0)
+
+
+def _streaks(shape: Any, generator: Any, device: Any) -> Any:
+    """Rays of alternating sign through a random point, fading with distance (transformed
+    HU units: 0.1 is 50 HU)."""
+    import torch
+
+    n, _, h, w = shape
+    yy = torch.arange(h, device=device, dtype=torch.float32)[:, None]
+    xx = torch.arange(w, device=device, dtype=torch.float32)[None, :]
+    out = torch.zeros((n, 1, h, w), device=device)
+    for i in range(n):
+        cy, cx, phase, rays, amplitude = torch.rand(5, generator=generator, device=device)
+        theta = torch.atan2(yy - cy * h, xx - cx * w)
+        radius = torch.hypot(yy - cy * h, xx - cx * w)
+        pattern = torch.cos(theta * int(4 + 8 * rays) + 2 * math.pi * phase)
+        out[i, 0] = (0.05 + 0.15 * amplitude) * pattern * torch.exp(-radius / (0.5 * max(h, w)))
+    return out
+
+
+def _elastic(shape: Any, generator: Any, device: Any) -> Any:
+    """A smooth random displacement field in grid units (N, H, W, 2): coarse noise,
+    upsampled, at most about 2 % of the patch."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, h, w = shape
+    coarse = torch.randn((n, 2, 5, 5), generator=generator, device=device) * 0.02
+    field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
+    return field.permute(0, 2, 3, 1)
 
 
 def loss_fn(logits: Any, y: Any, class_weights: Any, dice_weight: float) -> Any:
@@ -335,24 +395,50 @@ def train_from_cohort(cohort: str | Path, out: str | Path, config: TrainConfig, 
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """Split a labelled cohort by patient (60/20/20), train, and measure the best checkpoint
     on the test part. Returns the training result with the test summary."""
-    from calcpipe.models.accuracy import evaluate
-    from calcpipe.models.checkpoint import load_checkpoint
-    from calcpipe.models.segment import UNetSegmenter
+    split = split_cohort(cohort, config, log)
+    result = train(split.train, split.validation, config, out, description=split.description,
+                   device=device, resume=resume, log=log)
+    return {**result, "test": evaluate_test(out, split.test, device)}
 
+
+@dataclass
+class CohortSplit:
+    """A labelled cohort split by patient: prepared training and validation studies, raw
+    test studies (key, hu, labels, spacing, kVp), and the checkpoint's data description."""
+
+    train: list[PreparedStudy]
+    validation: list[PreparedStudy]
+    test: list[tuple[str, Any, Any, Any, float]]
+    description: dict[str, Any]
+
+
+def split_cohort(cohort: str | Path, config: TrainConfig,
+                 log: Callable[[str], None] = print) -> CohortSplit:
+    """Load a labelled cohort and split it 60/20/20 by patient."""
     studies = load_cohort(cohort, config, log)
     if len(studies) < 3:
         raise ValueError(f"{cohort} holds {len(studies)} labelled studies; at least 3 needed")
     by_key = {s[0]: s for s in studies}
     train_keys, val_keys, test_keys = split_patients(list(by_key), config.seed)
-    prepared = {k: prepare_study(k, by_key[k][1], by_key[k][2], by_key[k][3], config)
-                for k in train_keys + val_keys}
+
+    def prepared(keys: list[str]) -> list[PreparedStudy]:
+        return [prepare_study(k, by_key[k][1], by_key[k][2], by_key[k][3], config)
+                for k in keys]
+
     description = {"data": f"cohort {Path(cohort).name}: {len(train_keys)} train, "
                            f"{len(val_keys)} validation, {len(test_keys)} test studies",
                    "data_hash": data_hash(list(by_key))}
-    result = train([prepared[k] for k in train_keys], [prepared[k] for k in val_keys],
-                   config, out, description=description, device=device, resume=resume,
-                   log=log)
-    segmenter = UNetSegmenter(load_checkpoint(out), device=device)
-    report = evaluate(segmenter, [(by_key[k][1], by_key[k][2], by_key[k][3], by_key[k][4])
-                                  for k in test_keys])
-    return {**result, "test": report.summary()}
+    return CohortSplit(prepared(train_keys), prepared(val_keys),
+                       [by_key[k] for k in test_keys], description)
+
+
+def evaluate_test(checkpoint: str | Path, test: list[tuple[str, Any, Any, Any, float]],
+                  device: str = "cpu") -> dict[str, Any]:
+    """Accuracy summary of a checkpoint on the held-out test studies."""
+    from calcpipe.models.accuracy import evaluate
+    from calcpipe.models.checkpoint import load_checkpoint
+    from calcpipe.models.segment import UNetSegmenter
+
+    segmenter = UNetSegmenter(load_checkpoint(checkpoint), device=device)
+    return evaluate(segmenter, [(hu, labels, spacing, kvp)
+                                for _, hu, labels, spacing, kvp in test]).summary()
