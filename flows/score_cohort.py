@@ -162,24 +162,29 @@ def score_cohort(params: ScoreParams, secret_block: str | None = None,
     run = Run(params, load_secret(secret_block), run_id=str(flow_run.get_id() or "") or None)
     get_run_logger().info("run %s: %s -> %s (model %s, profile %s)", run.run_id,
                           params.source, params.out, run.provenance.model_id, params.profile)
-    with cluster_client(params) as client:
-        if not (params.rescore or params.plan_only):
-            client.register_plugin(SegmenterPlugin(params.model, params.device,
-                                                   params.precision, torch_threads(params)))
-        index_stage(run, client)
-        shards = plan_stage(run, client)
-        if params.plan_only:  # planned and reported; nothing is scored
-            shards = []
-        bar = Progress("[progress.description]{task.description}", BarColumn(),
-                       MofNCompleteColumn(), TimeRemainingColumn(), disable=not show_progress)
-        with bar:
-            counter = _Advance(bar, bar.add_task("scoring", total=run.counts.studies_planned))
-            start = time.perf_counter()
-            for number, shard in enumerate(shards, start=1):
-                score_shard(run, client, shard, number, len(shards), counter)
-            # the whole stage: Prefect's cost per task run is part of the overhead
-            run.counts.timings["score_s"] = time.perf_counter() - start
-    return report_stage(run)
+    try:
+        with cluster_client(params) as client:
+            if not (params.rescore or params.plan_only):
+                client.register_plugin(SegmenterPlugin(
+                    params.model, params.device, params.precision, torch_threads(params)))
+            index_stage(run, client)
+            shards = plan_stage(run, client)
+            if params.plan_only:  # planned and reported; nothing is scored
+                shards = []
+            bar = Progress("[progress.description]{task.description}", BarColumn(),
+                           MofNCompleteColumn(), TimeRemainingColumn(),
+                           disable=not show_progress)
+            with bar:
+                counter = _Advance(bar, bar.add_task("scoring",
+                                                     total=run.counts.studies_planned))
+                start = time.perf_counter()
+                for number, shard in enumerate(shards, start=1):
+                    score_shard(run, client, shard, number, len(shards), counter)
+                # the whole stage: Prefect's cost per task run is part of the overhead
+                run.counts.timings["score_s"] = time.perf_counter() - start
+        return report_stage(run)
+    finally:  # object paths do not outlive a run that fails (housekeeping: one killed)
+        run.remove_scratch()
 
 
 class _Advance:

@@ -342,18 +342,21 @@ def run_single_process(params: ScoreParams, secret: bytes | None = None,
     from calcpipe.pipeline.work import score_study
 
     run = Run(params, secret)
-    run.index(in_process)
-    shards = run.plan(in_process)
-    if params.plan_only:
+    try:
+        run.index(in_process)
+        shards = run.plan(in_process)
+        if params.plan_only:
+            return run.finish()
+        segmenter = None if params.rescore else load_segmenter(
+            params.model, params.device, params.precision,
+            threads if threads is not None else params.torch_threads)
+        start = time.perf_counter()
+        for shard in shards:
+            run.commit([score_study(item, segmenter, run.provenance, out_root=run.store.root,
+                                    storage_options=params.storage_options or None,
+                                    secret=secret) for item in run.shard_items(shard)])
+        run.counts.timings["score_s"] = time.perf_counter() - start
         return run.finish()
-    segmenter = None if params.rescore else load_segmenter(
-        params.model, params.device, params.precision,
-        threads if threads is not None else params.torch_threads)
-    start = time.perf_counter()
-    for shard in shards:
-        run.commit([score_study(item, segmenter, run.provenance, out_root=run.store.root,
-                                storage_options=params.storage_options or None,
-                                secret=secret) for item in run.shard_items(shard)])
-    run.counts.timings["score_s"] = time.perf_counter() - start
-    return run.finish()
+    finally:  # object paths do not outlive a run that fails (housekeeping: one killed)
+        run.remove_scratch()
 
