@@ -232,8 +232,7 @@ def train(
         typer.echo(f"imported {annotation_format} annotations of {n} studies")
 
     from calcpipe.models.accuracy import format_summary
-    from calcpipe.models.train import TrainConfig, train_from_cohort
-    from calcpipe.models.unet import UNetConfig
+    from calcpipe.models.train import train_config, train_from_cohort
 
     if flow:
         import os
@@ -245,10 +244,9 @@ def train(
                              depth=depth, context=context, spacing=spacing, patch=patch,
                              batch=batch, device=device, seed=seed, resume=resume)
     else:
-        config = TrainConfig(unet=UNetConfig(base=base, depth=depth, context=context),
-                             model_spacing_mm=spacing, patch=patch, batch=batch,
-                             max_steps=steps, max_minutes=minutes, seed=seed,
-                             eval_every=max(1, min(200, steps)))
+        config = train_config(steps=steps, minutes=minutes, base=base, depth=depth,
+                              context=context, spacing=spacing, patch=patch, batch=batch,
+                              seed=seed)
         result = train_from_cohort(cohort, out, config, device=device, resume=resume,
                                    log=typer.echo)
     typer.echo(format_summary(result["test"]))

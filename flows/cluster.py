@@ -14,6 +14,7 @@ from typing import Any
 
 from distributed import Client, WorkerPlugin, get_worker
 
+from calcpipe.models.segment import STUDIES_PER_GPU
 from calcpipe.pipeline.params import ScoreParams
 from calcpipe.pipeline.plan import Provenance, StudyItem
 from calcpipe.pipeline.work import StudyOutcome, score_study
@@ -61,21 +62,19 @@ def kubernetes_cluster_spec(name: str, *, version: str, workers: int = 2,
                             gpus_per_worker: int = 1, memory: str = "24Gi", cpu: str = "6",
                             node_selector: dict[str, str] | None = None,
                             tolerations: list[dict[str, str]] | None = None,
-                            studies_per_gpu: int | None = None,
+                            studies_per_gpu: int = STUDIES_PER_GPU,
                             ) -> dict[str, Any]:
     """A ``DaskCluster`` resource for the Dask Kubernetes operator: a scheduler and
     ``workers`` pods, each on ``gpus_per_worker`` GPUs (``dask-cuda-worker``: one worker
     process per GPU, with the GPU=1 resource and ``studies_per_gpu`` threads) or CPU-only
     when 0."""
-    from calcpipe.models.segment import STUDIES_PER_GPU
-
     gpu = gpus_per_worker > 0
     env = [{"name": k, "value": v} for k, v in sorted(WORKER_ENV.items())]
     limits: dict[str, str] = {"memory": memory, "cpu": cpu}
     if gpu:
         limits["nvidia.com/gpu"] = str(gpus_per_worker)
     worker_args = (["dask-cuda-worker", "--name", "$(DASK_WORKER_NAME)",
-                    "--nthreads", str(studies_per_gpu or STUDIES_PER_GPU),
+                    "--nthreads", str(studies_per_gpu),
                     "--resources", "GPU=1"] if gpu else
                    ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nthreads", "1"])
     pod: dict[str, Any] = {"containers": [{
@@ -144,8 +143,6 @@ def studies_per_gpu(params: ScoreParams) -> int:
     """Studies a GPU worker scores at once (``cluster_options["studies_per_gpu"]``): its
     threads, each study's task asking for 1/N of the worker's ``GPU=1`` resource, so that
     decoding and scoring on the CPU overlap inference on the GPU."""
-    from calcpipe.models.segment import STUDIES_PER_GPU
-
     return max(1, int(params.cluster_options.get("studies_per_gpu", STUDIES_PER_GPU)))
 
 
@@ -203,7 +200,8 @@ def _start(params: ScoreParams) -> Any:
             return KubeCluster(custom_cluster_spec=kubernetes_cluster_spec(
                 str(options.get("name", "calcpipe")), version=__version__,
                 workers=params.workers,
-                gpus_per_worker=int(options.get("gpus_per_worker", 1))))
+                gpus_per_worker=int(options.get("gpus_per_worker", 1)),
+                studies_per_gpu=studies_per_gpu(params)))
         from dask_jobqueue import SLURMCluster
 
         return SLURMCluster(**slurm_cluster_options(options))

@@ -182,9 +182,10 @@ def score_cohort(params: ScoreParams, secret_block: str | None = None,
                     score_shard(run, client, shard, number, len(shards), counter)
                 # the whole stage: Prefect's cost per task run is part of the overhead
                 run.counts.timings["score_s"] = time.perf_counter() - start
-        return report_stage(run)
-    finally:  # object paths do not outlive a run that fails (housekeeping: one killed)
+        return report_stage(run)  # removes the scratch folder
+    except BaseException:  # object paths do not outlive a failed run (housekeeping: killed)
         run.remove_scratch()
+        raise
 
 
 class _Advance:

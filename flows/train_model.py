@@ -17,8 +17,8 @@ from calcpipe.models.train import (
     evaluate_test,
     split_cohort,
     train,
+    train_config,
 )
-from calcpipe.models.unet import UNetConfig
 
 
 @task(name="split-cohort", cache_policy=NO_CACHE)
@@ -49,9 +49,8 @@ def train_model(cohort: str, out: str, steps: int = 4000, minutes: float = 60.0,
     checkpoint ``out``; the training result with the test summary."""
     from calcpipe.models.accuracy import format_summary
 
-    config = TrainConfig(unet=UNetConfig(base=base, depth=depth, context=context),
-                         model_spacing_mm=spacing, patch=patch, batch=batch, max_steps=steps,
-                         max_minutes=minutes, seed=seed, eval_every=max(1, min(200, steps)))
+    config = train_config(steps=steps, minutes=minutes, base=base, depth=depth,
+                          context=context, spacing=spacing, patch=patch, batch=batch, seed=seed)
     split = split_task(cohort, config)
     result = train_task(split, config, out, device, resume)
     test = evaluate_task(out, split, device)

@@ -104,10 +104,7 @@ def model_input(hu: npt.NDArray[np.integer], spacing_mm: tuple[float, float, flo
         padded_h, padded_w = -(-h // stride) * stride, -(-w // stride) * stride
         x = F.pad(x, (0, padded_w - w, 0, padded_h - h), value=HU_CLIP[0] / HU_SCALE)
         if context is not None:
-            z = x.shape[0]
-            index = (torch.arange(z, device=x.device)[:, None]
-                     + torch.arange(-context, context + 1, device=x.device)[None, :])
-            x = x[index.clamp_(0, z - 1)]
+            x = x[torch.from_numpy(context_index(x.shape[0], context)).to(x.device)]
     grid = ModelGrid(row0, col0, row1 - row0, col1 - col0, scale_y, scale_x,
                      (padded_h, padded_w))
     return x, grid
@@ -131,6 +128,9 @@ def labels_to_model_grid(labels: npt.NDArray[np.integer], grid: ModelGrid) -> np
 def context_stack(x: npt.NDArray[np.float32], context: int) -> npt.NDArray[np.float32]:
     """(Z, H, W) -> (Z, 2*context+1, H, W): each slice with its neighbours (edge slices
     repeat the first/last one)."""
-    z = x.shape[0]
-    index = np.clip(np.arange(z)[:, None] + np.arange(-context, context + 1)[None, :], 0, z - 1)
-    return x[index]
+    return x[context_index(x.shape[0], context)]
+
+
+def context_index(z: int, context: int) -> npt.NDArray[np.intp]:
+    """(Z, 2*context+1) slice indices of each slice's neighbourhood, clamped at the ends."""
+    return np.clip(np.arange(z)[:, None] + np.arange(-context, context + 1)[None, :], 0, z - 1)

@@ -401,6 +401,16 @@ def train_from_cohort(cohort: str | Path, out: str | Path, config: TrainConfig, 
     return {**result, "test": evaluate_test(out, split.test, device)}
 
 
+def train_config(*, steps: int, minutes: float, base: int, depth: int, context: int,
+                 spacing: float, patch: int, batch: int, seed: int) -> TrainConfig:
+    """The training configuration of ``calcpipe train``'s options (CLI and flow)."""
+    from calcpipe.models.unet import UNetConfig
+
+    return TrainConfig(unet=UNetConfig(base=base, depth=depth, context=context),
+                       model_spacing_mm=spacing, patch=patch, batch=batch, max_steps=steps,
+                       max_minutes=minutes, seed=seed, eval_every=max(1, min(200, steps)))
+
+
 @dataclass
 class CohortSplit:
     """A labelled cohort split by patient: prepared training and validation studies, raw

@@ -10,7 +10,8 @@ on a worker) writes the run's listing and the objects to read to the run's scrat
 :func:`read_group` (one task per file) reads those headers and appends their rows to
 ``dicom_instances`` itself; and :func:`current_headers` gives one partition of the studies'
 current header rows to the plan stage. The scratch folder holds object paths (INTERNAL: they
-may hold names); the run deletes it when it finishes, housekeeping deletes abandoned ones.
+may hold names); the run deletes it when it finishes or fails, housekeeping deletes those of
+killed runs.
 """
 
 from __future__ import annotations

@@ -173,8 +173,7 @@ class Run:
             c.studies_found += p.studies_found
             c.studies_planned += p.planned
             c.studies_skipped += p.skipped
-            c.studies_failed += sum(p.failure_codes.values())
-            c.failure_codes.update(p.failure_codes)
+            self._count_failures(p.failure_codes)
         c.timings["plan_s"] += time.perf_counter() - start
         return [ShardSpec(p.part, group, size) for p in partitions
                 for group, size in enumerate(p.shard_sizes)]
@@ -257,7 +256,7 @@ class Run:
         failures = [o.failure for o in outcomes if o.failure is not None]
         scored = [o for o in outcomes if o.study_row is not None]
         self.store.append("failures", to_table("failures", failures))
-        self._count_failures(failures)
+        self._count_failures(Counter(f["code"] for f in failures))
         if scored:
             ids = [o.result_id for o in scored]
             self.store.append("lesions", to_table(
@@ -299,9 +298,9 @@ class Run:
         for name in RESULT_TABLES:
             self.store.delete(name, predicate)
 
-    def _count_failures(self, failures: list[dict[str, Any]]) -> None:
-        self.counts.studies_failed += len(failures)
-        self.counts.failure_codes.update(f["code"] for f in failures)
+    def _count_failures(self, codes: Counter[str]) -> None:
+        self.counts.studies_failed += codes.total()
+        self.counts.failure_codes.update(codes)
 
     # -- finish ----------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
@@ -356,7 +355,8 @@ def run_single_process(params: ScoreParams, secret: bytes | None = None,
                                     storage_options=params.storage_options or None,
                                     secret=secret) for item in run.shard_items(shard)])
         run.counts.timings["score_s"] = time.perf_counter() - start
-        return run.finish()
-    finally:  # object paths do not outlive a run that fails (housekeeping: one killed)
+        return run.finish()  # removes the scratch folder
+    except BaseException:  # object paths do not outlive a failed run (housekeeping: killed)
         run.remove_scratch()
+        raise
 

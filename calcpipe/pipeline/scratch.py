@@ -2,8 +2,8 @@
 
 They carry what the stages hand each other at cohort scale (the listing, the objects to
 read, the planned studies) so that the flow process holds counts only. They hold object
-paths (INTERNAL: paths may hold names): the run deletes its folder when it finishes, and
-housekeeping deletes folders of runs that died (older than the retention).
+paths (INTERNAL: paths may hold names): the run deletes its folder when it finishes or
+fails, and housekeeping deletes folders of runs that were killed (older than the retention).
 """
 
 from __future__ import annotations
