@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -50,8 +51,14 @@ def score_on_worker(item: StudyItem, provenance: Provenance, out_root: str,
 
 #: The image every deployment uses (infra/docker/*; tag = calcpipe version, "-cuda" for GPU).
 IMAGE = "ghcr.io/calcpipe/calcpipe"
+#: Dask configuration, as the environment variable that sets it, that starts worker
+#: processes without Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` (see :func:`untrimmed_workers`);
+#: the images set it too.
+UNTRIMMED_ENV = {"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON":
+                 '{"MALLOC_TRIM_THRESHOLD_": None}'}
 #: Environment every worker gets (credentials come from the platform's secrets).
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+              **UNTRIMMED_ENV}
 
 
 def image(version: str, gpu: bool) -> str:
@@ -115,7 +122,8 @@ def slurm_cluster_options(options: dict[str, Any]) -> dict[str, Any]:
         "memory": str(options.get("memory", "32GB")),
         "walltime": str(options.get("walltime", "04:00:00")),
         "job_name": "calcpipe-worker",
-        "job_script_prologue": [f"export {k}={v}" for k, v in sorted(WORKER_ENV.items())],
+        "job_script_prologue": [f"export {k}={shlex.quote(v)}"
+                                for k, v in sorted(WORKER_ENV.items())],
     }
     for key in ("queue", "account"):
         if options.get(key):
@@ -128,15 +136,14 @@ def slurm_cluster_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def untrimmed_workers() -> Any:
     """Dask configuration for starting local workers without Dask's
-    ``MALLOC_TRIM_THRESHOLD_=65536``: with the large arrays of every study, glibc then
-    returns and refaults memory constantly, and the network ran 15-55 % slower in a worker
-    than in the calling process (measured, bench/bench_pipeline.py). Without it, glibc's
-    dynamic default applies."""
+    ``MALLOC_TRIM_THRESHOLD_=65536``. Setting it also turns off glibc's dynamic mmap
+    threshold, so every large array of a study is mapped and unmapped afresh: 16 studies
+    took 61.6-66.2 s (median 63.5, 7 runs) with it against 36.3-51.3 s (median 41.9, 7 runs)
+    without, in one process (2026-11-27). Without it glibc's dynamic default applies. (A
+    ``None`` value makes the nanny leave the variable unset.)"""
     import dask
 
-    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ",
-                                                {}).items() if k != "MALLOC_TRIM_THRESHOLD_"}
-    return dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
+    return dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
 
 
 def studies_per_gpu(params: ScoreParams) -> int:
@@ -192,8 +199,9 @@ def _start(params: ScoreParams) -> Any:
             except Exception as e:  # without CUDA, importing dask_cuda can fail in many ways
                 raise ImportError(str(e)) from e
 
-            return LocalCUDACluster(threads_per_worker=studies_per_gpu(params),
-                                    resources={"GPU": 1}, dashboard_address=None)
+            with untrimmed_workers():
+                return LocalCUDACluster(threads_per_worker=studies_per_gpu(params),
+                                        resources={"GPU": 1}, dashboard_address=None)
         if kind == "kubernetes":
             from dask_kubernetes.operator import KubeCluster
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from calcpipe.flows.cluster import (
     IMAGE,
+    UNTRIMMED_ENV,
     WORKER_ENV,
     kubernetes_cluster_spec,
     slurm_cluster_options,
@@ -96,6 +97,34 @@ def test_slurm_job_script_asks_for_one_gpu_per_worker():
     assert config["worker-extra-args"] == defaults["worker_extra_args"]
     assert (config["cores"], config["memory"], config["walltime"]) == (
         defaults["cores"], defaults["memory"], defaults["walltime"])
+    assert config["job-script-prologue"] == defaults["job_script_prologue"]
+
+
+def test_workers_everywhere_start_without_dasks_malloc_trim_threshold(dask_address):
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers unless configured
+    otherwise; it made every study about 50 % slower (flows/cluster.untrimmed_workers)."""
+    import os
+    import subprocess
+    import sys
+
+    from distributed import Client
+
+    # local clusters (the tests' cluster is started as the flow starts its own)
+    with Client(dask_address, set_as_default=False) as client:
+        seen = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert seen and set(seen.values()) == {None}
+    # Slurm's job script (the shell quoting included), Kubernetes pods and the images:
+    # the environment variable, read by the nanny's own configuration
+    ask = ("from distributed.nanny import _get_env_variables; "
+           "print(sorted(_get_env_variables('distributed.nanny.pre-spawn-environ')))")
+    script = "\n".join([*slurm_cluster_options({})["job_script_prologue"],
+                        f'{sys.executable} -c "{ask}"'])
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert "OMP_NUM_THREADS" in out.stdout and "MALLOC_TRIM_THRESHOLD_" not in out.stdout
+    (name, value), = UNTRIMMED_ENV.items()
+    assert WORKER_ENV[name] == value
+    for dockerfile in INFRA.glob("docker/Dockerfile*"):
+        assert f"{name}='{value}'" in dockerfile.read_text(), dockerfile
 
 
 def test_cluster_kinds_validate_and_missing_back_ends_fail_clearly(tmp_path):

@@ -76,7 +76,7 @@ class RunCounts:
     failure_codes: Counter[str] = field(default_factory=Counter)
     index_skipped: Counter[str] = field(default_factory=Counter)
     timings: dict[str, float] = field(default_factory=lambda: {
-        "index_s": 0.0, "plan_s": 0.0, "score_s": 0.0})
+        "index_s": 0.0, "plan_s": 0.0, "score_s": 0.0, "study_s": 0.0})
 
 
 def versions() -> dict[str, str]:
@@ -253,6 +253,7 @@ class Run:
     def commit(self, outcomes: Iterable[StudyOutcome]) -> None:
         """Commit one shard's outcomes (see the module docstring for the protocol)."""
         outcomes = sorted(outcomes, key=lambda o: o.result_id)
+        self.counts.timings["study_s"] += sum(o.seconds for o in outcomes)
         failures = [o.failure for o in outcomes if o.failure is not None]
         scored = [o for o in outcomes if o.study_row is not None]
         self.store.append("failures", to_table("failures", failures))
@@ -304,7 +305,9 @@ class Run:
 
     # -- finish ----------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
-        """Append the ``runs`` row, render the catalog, write the report; the row."""
+        """Append the ``runs`` row, render the catalog, write the report; the row, which
+        also carries ``study_s`` (the study work summed over studies, wherever it ran; the
+        table does not hold it): ``score_s - study_s`` is what the stage spent around it."""
         from calcpipe.catalog import render_catalog
         from calcpipe.pipeline.report import write_report
 
