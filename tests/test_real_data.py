@@ -142,3 +142,19 @@ def test_qrm_replica_against_the_real_scan(shared_data):
             assert abs(row.volume_error) <= 0.20, row
     assert by_name["Small_HD"].replica_agatston > 0
     assert by_name["Small_MD"].replica_agatston == 0 == by_name["Small_LD"].replica_agatston
+
+
+def test_chest_wall_rule_removes_rib_and_cartilage_labels_on_the_real_chest_ct(shared_data):
+    """The synthetic-only network labels the front chest wall of the real chest CT (no
+    visible coronary calcium) as coronary calcium; with a lung between those voxels and the
+    mediastinum, the chest-wall rule removes them (659 -> 79 AU when measured)."""
+    from calcpipe.models.segment import UNetSegmenter
+    from calcpipe.scoring import score
+
+    volume = load_volume(shared_data / "chest_ct_lung_pet_ct_dx" / "study_A0002" / "series_B40f")
+    cac = {}
+    for rule in (False, True):
+        segmenter = UNetSegmenter.load("default", threads=2, chest_wall_rule=rule)
+        labels = segmenter.segment(volume.hu, volume.spacing_mm, kvp=120.0).labels
+        cac[rule] = score(volume.hu, labels, volume.spacing_mm).row("CAC").agatston
+    assert cac[False] > 300 and cac[True] < 100

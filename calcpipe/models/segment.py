@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from calcpipe.labels import CORONARY, LABEL_NAMES
 from calcpipe.scoring import get_profile
 
 #: Largest 3-D connected region at or above the threshold (26-connected) whose voxels may
@@ -26,6 +27,9 @@ from calcpipe.scoring import get_profile
 #: calcium that touches bone joins its region and loses its label (10 of 100 held-out
 #: synthetic studies lose some, 4 much; see the model card).
 MAX_CALCIUM_REGION_MM3 = 5000.0
+
+#: Label values of the coronary classes (the chest-wall rule applies to these).
+CORONARY_VALUES = tuple(v for v, name in LABEL_NAMES.items() if name in CORONARY)
 
 #: Studies one GPU worker processes at once (threads sharing one network): while one study's
 #: DICOM is decoded and scored on the CPU, another's runs on the GPU (bench/gpu_pipeline.py).
@@ -76,7 +80,8 @@ class UNetSegmenter:
 
     def __init__(self, checkpoint: Any, *, device: str = "cpu", precision: str = "fp32",
                  batch_size: int = 16, threads: int | None = None,
-                 max_region_mm3: float | None = MAX_CALCIUM_REGION_MM3) -> None:
+                 max_region_mm3: float | None = MAX_CALCIUM_REGION_MM3,
+                 chest_wall_rule: bool = True) -> None:
         import torch
 
         from calcpipe.models.unet import UNet, UNetConfig
@@ -90,6 +95,7 @@ class UNetSegmenter:
         self.precision = precision
         self.batch_size = batch_size
         self.max_region_mm3 = max_region_mm3
+        self.chest_wall_rule = chest_wall_rule
         if threads is not None:
             torch.set_num_threads(threads)
         model = UNet(self.config)
@@ -125,6 +131,7 @@ class UNetSegmenter:
     def segment(self, hu: npt.NDArray[np.integer], spacing_mm: tuple[float, float, float],
                 *, kvp: float = 120.0) -> Segmentation:
         from calcpipe.models.preprocess import model_input
+        from calcpipe.models.thorax import beyond_lungs
 
         stack, grid = model_input(hu, spacing_mm, model_spacing_mm=self.spacing,
                                   stride=2**self.config.depth, context=self.config.context,
@@ -135,7 +142,7 @@ class UNetSegmenter:
         candidates = (hu >= threshold_for(kvp)) & inside
         if self.max_region_mm3 is not None:
             candidates &= ~oversized_regions(candidates, spacing_mm, self.max_region_mm3)
-        top_sum, top_count = 0.0, 0
+        calcium_at, calcium_top = [], []  # flat indices and top-class probabilities
         for start in range(0, hu.shape[0], self.batch_size):
             stop = min(start + self.batch_size, hu.shape[0])
             flat = np.flatnonzero(candidates[start:stop])  # 3-D np.nonzero is far slower
@@ -146,9 +153,18 @@ class UNetSegmenter:
             label, top = sample_labels(logits, z, *grid.to_model(r, c))
             labels[start + z, r, c] = label
             calcium = label > 0
-            top_sum += float(top[calcium].sum())
-            top_count += int(calcium.sum())
-        confidence = top_sum / top_count if top_count else None
+            calcium_at.append(flat[calcium] + start * hu.shape[1] * hu.shape[2])
+            calcium_top.append(top[calcium])
+        at = np.concatenate(calcium_at) if calcium_at else np.zeros(0, np.intp)
+        tops = np.concatenate(calcium_top) if calcium_top else np.zeros(0, np.float32)
+        if self.chest_wall_rule and at.size:
+            # coronary labels with a lung between them and the mediastinum: ribs, cartilage
+            coronary = np.flatnonzero(np.isin(labels.flat[at], CORONARY_VALUES))
+            beyond = coronary[beyond_lungs(hu, spacing_mm, np.unravel_index(at[coronary],
+                                                                            hu.shape))]
+            labels.flat[at[beyond]] = 0
+            tops = np.delete(tops, beyond)
+        confidence = float(tops.astype(np.float64).mean()) if tops.size else None
         return Segmentation(labels, confidence, self.model_id, self.model_checksum,
                             self.device.type, self.precision)
 
