@@ -4,7 +4,15 @@ The core library (this package) imports no orchestrator and starts no cluster; t
 Prefect flows ship beside it as :mod:`calcpipe.flows`.
 """
 
+import os
 from importlib.metadata import PackageNotFoundError, version
+
+# PyTorch's CPU allocator backs tensors of 2 MB and more with transparent huge pages only
+# when this is set, and reads it once, at its first allocation: hence here, before any
+# calcpipe module imports torch. A U-Net forward pass allocates its activations (tens of MB)
+# afresh; faulting them in 4 KiB pages took about a third of CPU segmentation time
+# (bench/bench_segmentation.py prints both). THP_MEM_ALLOC_ENABLE=0 turns it off.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 try:
     __version__ = version("calcpipe")

@@ -51,14 +51,14 @@ def score_on_worker(item: StudyItem, provenance: Provenance, out_root: str,
 
 #: The image every deployment uses (infra/docker/*; tag = calcpipe version, "-cuda" for GPU).
 IMAGE = "ghcr.io/calcpipe/calcpipe"
-#: Dask configuration, as the environment variable that sets it, that starts worker
-#: processes without Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` (see :func:`untrimmed_workers`);
-#: the images set it too.
-UNTRIMMED_ENV = {"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON":
-                 '{"MALLOC_TRIM_THRESHOLD_": None}'}
+#: The nanny's environment for the worker processes it starts, as the environment variable
+#: that configures it (see :func:`malloc_tuned_workers`); the images set it too.
+WORKER_MALLOC_CONFIG = {"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": 1}
+WORKER_MALLOC_ENV = {"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON":
+                     '{"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": 1}'}
 #: Environment every worker gets (credentials come from the platform's secrets).
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-              **UNTRIMMED_ENV}
+              **WORKER_MALLOC_ENV}
 
 
 def image(version: str, gpu: bool) -> str:
@@ -134,16 +134,23 @@ def slurm_cluster_options(options: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def untrimmed_workers() -> Any:
-    """Dask configuration for starting local workers without Dask's
-    ``MALLOC_TRIM_THRESHOLD_=65536``. Setting it also turns off glibc's dynamic mmap
-    threshold, so every large array of a study is mapped and unmapped afresh: 16 studies
-    took 61.6-66.2 s (median 63.5, 7 runs) with it against 36.3-51.3 s (median 41.9, 7 runs)
-    without, in one process (2026-11-27). Without it glibc's dynamic default applies. (A
-    ``None`` value makes the nanny leave the variable unset.)"""
+def malloc_tuned_workers() -> Any:
+    """Dask configuration for starting local workers with glibc's malloc set for study work
+    (:data:`WORKER_MALLOC_CONFIG`; a ``None`` value makes the nanny leave a variable unset).
+
+    - Without Dask's ``MALLOC_TRIM_THRESHOLD_=65536``. Setting it also turns off glibc's
+      dynamic mmap threshold, so every large array of a study is mapped and unmapped afresh:
+      16 studies took 61.6-66.2 s (median 63.5, 7 runs) with it against 36.3-51.3 s (median
+      41.9, 7 runs) without, in one process (2026-11-27).
+    - With ``MALLOC_ARENA_MAX=1``. Dask runs tasks in a thread, and glibc gives other threads
+      their own arenas, whose heaps are unmapped whenever they fall empty: the network's
+      activations were faulted in afresh on every batch. Study work ran 8 % slower in a
+      thread than in the main thread of one process, 12 % slower in a worker process; with
+      one arena 1 % and -5 % (48 paired studies each, 2026-11-27)."""
     import dask
 
-    return dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
+    return dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value
+                            for name, value in WORKER_MALLOC_CONFIG.items()})
 
 
 def studies_per_gpu(params: ScoreParams) -> int:
@@ -187,7 +194,7 @@ def _start(params: ScoreParams) -> Any:
         from distributed import LocalCluster
 
         processes = kind == "local"
-        with untrimmed_workers():
+        with malloc_tuned_workers():
             return LocalCluster(n_workers=params.workers if processes else 1,
                                 threads_per_worker=1 if processes else params.workers,
                                 processes=processes, dashboard_address=None,
@@ -199,7 +206,7 @@ def _start(params: ScoreParams) -> Any:
             except Exception as e:  # without CUDA, importing dask_cuda can fail in many ways
                 raise ImportError(str(e)) from e
 
-            with untrimmed_workers():
+            with malloc_tuned_workers():
                 return LocalCUDACluster(threads_per_worker=studies_per_gpu(params),
                                         resources={"GPU": 1}, dashboard_address=None)
         if kind == "kubernetes":

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from calcpipe.flows.cluster import (
     IMAGE,
-    UNTRIMMED_ENV,
+    WORKER_MALLOC_CONFIG,
+    WORKER_MALLOC_ENV,
     WORKER_ENV,
     kubernetes_cluster_spec,
     slurm_cluster_options,
@@ -100,9 +101,12 @@ def test_slurm_job_script_asks_for_one_gpu_per_worker():
     assert config["job-script-prologue"] == defaults["job_script_prologue"]
 
 
-def test_workers_everywhere_start_without_dasks_malloc_trim_threshold(dask_address):
+def test_workers_everywhere_start_with_calcpipes_malloc_settings(dask_address):
     """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers unless configured
-    otherwise; it made every study about 50 % slower (flows/cluster.untrimmed_workers)."""
+    otherwise (it made every study about 50 % slower), and glibc gives the task thread its
+    own arena (8-12 % slower): every worker starts without the one and with
+    MALLOC_ARENA_MAX=1 (flows/cluster.malloc_tuned_workers)."""
+    import ast
     import os
     import subprocess
     import sys
@@ -111,17 +115,21 @@ def test_workers_everywhere_start_without_dasks_malloc_trim_threshold(dask_addre
 
     # local clusters (the tests' cluster is started as the flow starts its own)
     with Client(dask_address, set_as_default=False) as client:
-        seen = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
-    assert seen and set(seen.values()) == {None}
+        seen = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                                   os.environ.get("MALLOC_ARENA_MAX")))
+    assert seen and set(seen.values()) == {(None, "1")}
     # Slurm's job script (the shell quoting included), Kubernetes pods and the images:
     # the environment variable, read by the nanny's own configuration
     ask = ("from distributed.nanny import _get_env_variables; "
-           "print(sorted(_get_env_variables('distributed.nanny.pre-spawn-environ')))")
+           "print(_get_env_variables('distributed.nanny.pre-spawn-environ'))")
     script = "\n".join([*slurm_cluster_options({})["job_script_prologue"],
                         f'{sys.executable} -c "{ask}"'])
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
-    assert "OMP_NUM_THREADS" in out.stdout and "MALLOC_TRIM_THRESHOLD_" not in out.stdout
-    (name, value), = UNTRIMMED_ENV.items()
+    environ = ast.literal_eval(out.stdout.strip())
+    assert environ["OMP_NUM_THREADS"] == "1" and environ["MALLOC_ARENA_MAX"] == "1"
+    assert "MALLOC_TRIM_THRESHOLD_" not in environ
+    (name, value), = WORKER_MALLOC_ENV.items()
+    assert ast.literal_eval(value) == WORKER_MALLOC_CONFIG
     assert WORKER_ENV[name] == value
     for dockerfile in INFRA.glob("docker/Dockerfile*"):
         assert f"{name}='{value}'" in dockerfile.read_text(), dockerfile

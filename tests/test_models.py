@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -262,3 +265,19 @@ def test_chest_wall_rule_keeps_every_synthetic_coronary_voxel():
         checked += points[0].size
         assert not beyond_lungs(rendered.hu, rendered.spacing_mm, points).any()
     assert checked > 0
+
+
+@pytest.mark.parametrize(("setting", "huge"), [(None, True), ("0", False)])
+def test_importing_calcpipe_puts_torchs_large_cpu_tensors_on_huge_pages(setting, huge):
+    """calcpipe turns on PyTorch's transparent-huge-page CPU allocation (a third faster
+    segmentation, bench/bench_segmentation.py) unless the user set it: torch then aligns
+    tensors of 2 MB and more to a page for madvise, where plain allocation is 64-byte
+    aligned past glibc's chunk header."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if setting is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = setting
+    code = ("import calcpipe, torch; "
+            "print(torch.empty(8 << 20, dtype=torch.uint8).data_ptr() % 4096)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert (int(out.stdout) == 0) == huge
