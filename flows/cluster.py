@@ -144,9 +144,10 @@ def malloc_tuned_workers() -> Any:
       41.9, 7 runs) without, in one process (2026-11-27).
     - With ``MALLOC_ARENA_MAX=1``. Dask runs tasks in a thread, and glibc gives other threads
       their own arenas, whose heaps are unmapped whenever they fall empty: the network's
-      activations were faulted in afresh on every batch. Study work ran 8 % slower in a
-      thread than in the main thread of one process, 12 % slower in a worker process; with
-      one arena 1 % and -5 % (48 paired studies each, 2026-11-27)."""
+      activations were faulted in afresh batch after batch. Study work ran 8 % slower in a
+      thread than in the main thread of one process, 1 % with one arena (48 paired studies
+      each); in a worker against a plain process, over 6 fresh pairs of processes, +4.3 %
+      (95 % interval 0.0 to +8.6 %) without and -1.7 % (-6.7 to +3.2 %) with (2026-11-27)."""
     import dask
 
     return dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from calcpipe.flows.cluster import (
     IMAGE,
+    WORKER_ENV,
     WORKER_MALLOC_CONFIG,
     WORKER_MALLOC_ENV,
-    WORKER_ENV,
     kubernetes_cluster_spec,
     slurm_cluster_options,
     studies_per_gpu,
@@ -104,7 +104,7 @@ def test_slurm_job_script_asks_for_one_gpu_per_worker():
 def test_workers_everywhere_start_with_calcpipes_malloc_settings(dask_address):
     """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers unless configured
     otherwise (it made every study about 50 % slower), and glibc gives the task thread its
-    own arena (8-12 % slower): every worker starts without the one and with
+    own arena (about 4-8 % slower): every worker starts without the one and with
     MALLOC_ARENA_MAX=1 (flows/cluster.malloc_tuned_workers)."""
     import ast
     import os
