@@ -46,14 +46,14 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from scipy import stats
+
 N_STUDIES = 16
 MATRIX = 128
 SHARD = 8
 REPEATS = 3
 PAIR_TRIALS = 6  # fresh pairs of processes for the paired study-work ratio
 PAIR_STUDIES = 8  # studies each pair runs (each once in each process)
-#: two-sided 95 % Student t quantile for PAIR_TRIALS - 1 degrees of freedom
-T_95 = {3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 9: 2.262}
 
 
 def main() -> None:
@@ -188,7 +188,7 @@ def paired_worker_ratio(params: Any) -> tuple[float, float]:
     items = items[:PAIR_STUDIES]
     threads = torch_threads(params)
     spec = (params.model, params.device, params.precision, threads)
-    trials, everything = [], []
+    trials = []
     for _ in range(PAIR_TRIALS):
         with (ProcessPoolExecutor(1, multiprocessing.get_context("spawn"),
                                   initializer=_load_plain, initargs=spec) as plain,
@@ -213,10 +213,10 @@ def paired_worker_ratio(params: Any) -> tuple[float, float]:
                 seconds = {where: study(where, item) for where in order}
                 ratios.append(seconds["worker"] / seconds["plain"])
         trials.append(statistics.median(ratios))
-        everything += ratios
     run.remove_scratch()
     mean = statistics.mean(trials)
-    half_width = T_95[len(trials) - 1] * statistics.stdev(trials) / math.sqrt(len(trials))
+    t_95 = stats.t.ppf(0.975, len(trials) - 1)  # two-sided 95 % Student t quantile
+    half_width = t_95 * statistics.stdev(trials) / math.sqrt(len(trials))
     print(f"  (paired ratios per process pair, medians of {len(items)} studies: "
           + ", ".join(f"{t:.3f}" for t in trials) + ")")
     return mean, half_width

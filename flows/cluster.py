@@ -54,8 +54,9 @@ IMAGE = "ghcr.io/calcpipe/calcpipe"
 #: The nanny's environment for the worker processes it starts, as the environment variable
 #: that configures it (see :func:`malloc_tuned_workers`); the images set it too.
 WORKER_MALLOC_CONFIG = {"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": 1}
-WORKER_MALLOC_ENV = {"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON":
-                     '{"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": 1}'}
+WORKER_MALLOC_ENV = {"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON":  # Dask parses a literal
+                     "{" + ", ".join(f'"{name}": {value!r}'
+                                     for name, value in WORKER_MALLOC_CONFIG.items()) + "}"}
 #: Environment every worker gets (credentials come from the platform's secrets).
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
               **WORKER_MALLOC_ENV}
