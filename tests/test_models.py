@@ -177,6 +177,31 @@ def test_regions_too_large_to_be_one_calcification_keep_no_label():
     assert not labels[block].any()
 
 
+def test_lesions_are_labelled_whole_or_not_at_all_by_majority():
+    """A lesion the network labelled at least half of gets every voxel labelled, each from
+    its nearest labelled voxel (a lesion across two vessels keeps both); one it labelled
+    less of loses its labels; lesions are 8-connected within a slice, never across."""
+    from calcpipe.models.segment import LESION_MAJORITY, label_whole_lesions
+
+    assert LESION_MAJORITY == 0.5
+    candidates = np.zeros((2, 8, 12), dtype=bool)
+    labels = np.zeros((2, 8, 12), dtype=np.uint8)
+    candidates[0, 1, 0:6] = True  # LAD (2) at its left end, RCA (4) at its right: 4 of 6
+    labels[0, 1, [0, 1]] = 2
+    labels[0, 1, [4, 5]] = 4
+    candidates[0, 4:6, 8:10] = True  # 1 of 4 voxels labelled: not calcium
+    labels[0, 4, 8] = 3
+    candidates[0, 6, 0] = candidates[0, 7, 1] = True  # diagonal neighbours: one lesion
+    labels[0, 6, 0] = 1
+    candidates[1, 1, 0:6] = True  # the next slice: its own lesion, left unlabelled
+    label_whole_lesions(labels, candidates)
+    assert labels[0, 1, 0:6].tolist() == [2, 2, 2, 4, 4, 4]
+    assert not labels[0, 4:6, 8:10].any()
+    assert labels[0, 6, 0] == labels[0, 7, 1] == 1
+    assert not labels[1].any()
+    assert not labels[~candidates].any()
+
+
 def test_augmentation_adds_every_ct_defect_and_never_flips():
     from calcpipe.models.train import augment
 

@@ -28,6 +28,11 @@ from calcpipe.scoring import get_profile
 #: synthetic studies lose some, 4 much; see the model card).
 MAX_CALCIUM_REGION_MM3 = 5000.0
 
+#: A lesion (a slice's 8-connected region of candidates, Agatston's) is calcium when the
+#: network labelled at least this fraction of its voxels; then all of them are (see
+#: :func:`label_whole_lesions`).
+LESION_MAJORITY = 0.5
+
 #: Label values of the coronary classes (the chest-wall rule applies to these).
 CORONARY_VALUES = tuple(v for v, name in LABEL_NAMES.items() if name in CORONARY)
 
@@ -81,7 +86,7 @@ class UNetSegmenter:
     def __init__(self, checkpoint: Any, *, device: str = "cpu", precision: str = "fp32",
                  batch_size: int = 16, threads: int | None = None,
                  max_region_mm3: float | None = MAX_CALCIUM_REGION_MM3,
-                 chest_wall_rule: bool = True) -> None:
+                 chest_wall_rule: bool = True, whole_lesions: bool = True) -> None:
         import torch
 
         from calcpipe.models.unet import UNet, UNetConfig
@@ -96,6 +101,7 @@ class UNetSegmenter:
         self.batch_size = batch_size
         self.max_region_mm3 = max_region_mm3
         self.chest_wall_rule = chest_wall_rule
+        self.whole_lesions = whole_lesions
         if threads is not None:
             torch.set_num_threads(threads)
         model = UNet(self.config)
@@ -157,6 +163,12 @@ class UNetSegmenter:
             calcium_top.append(top[calcium])
         at = np.concatenate(calcium_at) if calcium_at else np.zeros(0, np.intp)
         tops = np.concatenate(calcium_top) if calcium_top else np.zeros(0, np.float32)
+        if self.whole_lesions and at.size:
+            label_whole_lesions(labels, candidates)
+            voted = np.flatnonzero(labels)  # voxels it labelled have no network top-class
+            where = np.searchsorted(at, voted).clip(max=at.size - 1)
+            tops = np.where(at[where] == voted, tops[where], np.float32(np.nan))
+            at = voted
         if self.chest_wall_rule and at.size:
             # coronary labels with a lung between them and the mediastinum: ribs, cartilage
             coronary = np.flatnonzero(np.isin(labels.flat[at], CORONARY_VALUES))
@@ -164,6 +176,7 @@ class UNetSegmenter:
                                                                             hu.shape))]
             labels.flat[at[beyond]] = 0
             tops = np.delete(tops, beyond)
+        tops = tops[~np.isnan(tops)]  # the network's own calcium decisions
         confidence = float(tops.astype(np.float64).mean()) if tops.size else None
         return Segmentation(labels, confidence, self.model_id, self.model_checksum,
                             self.device.type, self.precision)
@@ -190,6 +203,38 @@ def sample_labels(logits: Any, z: npt.NDArray[np.intp], rows: npt.NDArray[np.flo
               + wy * ((1 - wx) * logits[b, :, y1, x0] + wx * logits[b, :, y1, x1]))
     top, label = torch.softmax(values, dim=1).max(dim=1)
     return label.to(torch.uint8).cpu().numpy(), top.cpu().numpy()
+
+
+def label_whole_lesions(labels: npt.NDArray[np.uint8], candidates: npt.NDArray[np.bool_],
+                        ) -> None:
+    """Decide calcium lesion by lesion, in place: a lesion (a slice's 8-connected region of
+    ``candidates``, Agatston's) of which the network labelled at least
+    :data:`LESION_MAJORITY` of the voxels is labelled whole, each voxel the network left
+    as background taking the label of the nearest labelled voxel of its lesion (a lesion
+    across two vessels keeps both); a lesion it labelled less of loses its labels.
+
+    The network leaves partial-volume rims and thin ends of the lesions it recognises as
+    background (the real QRM phantom: 441 of 1,254 insert voxels), and on real scans
+    labels a few voxels of larger structures it does not recognise; Agatston, volume and
+    mass are sums over whole lesions (the effect: bench/bench_accuracy.py, model card)."""
+    from scipy import ndimage
+
+    for z in np.flatnonzero(labels.any(axis=(1, 2))):
+        lesions, _ = ndimage.label(candidates[z], structure=np.ones((3, 3), dtype=bool))
+        boxes = ndimage.find_objects(lesions)
+        numbers = np.unique(lesions[labels[z] > 0])
+        for number in numbers[numbers > 0]:
+            box = boxes[number - 1]
+            lesion = lesions[box] == number
+            known = np.where(lesion, labels[z][box], 0)
+            missing = lesion & (known == 0)
+            if not missing.any():
+                continue
+            if (known > 0).sum() < LESION_MAJORITY * lesion.sum():
+                labels[z][box][lesion] = 0
+                continue
+            _, (rows, cols) = ndimage.distance_transform_edt(known == 0, return_indices=True)
+            labels[z][box][missing] = known[rows[missing], cols[missing]]
 
 
 def oversized_regions(candidates: npt.NDArray[np.bool_], spacing_mm: tuple[float, float, float],
