@@ -201,6 +201,15 @@ def test_lesions_are_labelled_whole_or_not_at_all_by_majority():
     assert not labels[1].any()
     assert not labels[~candidates].any()
 
+    # a lesion longer than the window around its labelled voxels: the whole slice is used
+    candidates = np.zeros((1, 100, 100), dtype=bool)
+    labels = np.zeros((1, 100, 100), dtype=np.uint8)
+    candidates[0, 50, 5:95] = True
+    labels[0, 50, 5:55] = 3  # 50 of 90 voxels, all at one end
+    added = label_whole_lesions(labels, candidates)
+    assert (labels[0, 50, 5:95] == 3).all() and labels.sum() == 3 * 90
+    assert sorted(added.tolist()) == list(range(50 * 100 + 55, 50 * 100 + 95))
+
 
 def test_augmentation_adds_every_ct_defect_and_never_flips():
     from calcpipe.models.train import augment

@@ -254,7 +254,7 @@ def _lesions_touched(candidates: npt.NDArray[np.bool_], labels: npt.NDArray[np.u
     rows, cols = np.flatnonzero(labels.any(axis=1)), np.flatnonzero(labels.any(axis=0))
     window = (slice(max(int(rows[0]) - margin, 0), int(rows[-1]) + margin + 1),
               slice(max(int(cols[0]) - margin, 0), int(cols[-1]) + margin + 1))
-    for attempt in (window, (slice(None), slice(None))):
+    for attempt in (window, (slice(0, labels.shape[0]), slice(0, labels.shape[1]))):
         lesions, _ = ndimage.label(candidates[attempt], structure=np.ones((3, 3), dtype=bool))
         numbers = np.unique(lesions[labels[attempt] > 0])
         numbers = numbers[numbers > 0]
