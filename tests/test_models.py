@@ -211,6 +211,36 @@ def test_lesions_are_labelled_whole_or_not_at_all_by_majority():
     assert sorted(added.tolist()) == list(range(50 * 100 + 55, 50 * 100 + 95))
 
 
+def test_whole_lesion_labelling_does_not_depend_on_its_window(monkeypatch):
+    """Random slices: labelling a window around the labelled voxels gives what labelling
+    each whole slice gives, and the voxels it reports are exactly those it labelled."""
+    import functools
+
+    import calcpipe.models.segment as segment
+
+    rng = np.random.default_rng(7)
+    # per slice: sparse small lesions or one spanning region; few or most voxels labelled
+    density = rng.choice([0.2, 0.5], size=(30, 1, 1))
+    labelled = rng.choice([0.1, 0.7], size=(30, 1, 1))
+    candidates = rng.random((30, 120, 160)) < density
+    labels = np.where(candidates & (rng.random(candidates.shape) < labelled),
+                      rng.integers(1, 8, candidates.shape), 0).astype(np.uint8)
+    keep = np.zeros(labels.shape, dtype=bool)  # labels in a small box: windows
+    for z, (r, c) in enumerate(rng.integers(0, 100, size=(30, 2))):
+        keep[z, r:r + 20, c:c + 20] = True
+    labels[~keep] = 0
+    labels[rng.random(30) < 0.2] = 0  # some slices without labels
+    windowed, whole = labels.copy(), labels.copy()
+    added = segment.label_whole_lesions(windowed, candidates)
+    monkeypatch.setattr(segment, "_lesions_touched",
+                        functools.partial(segment._lesions_touched, margin=1000))
+    segment.label_whole_lesions(whole, candidates)
+    np.testing.assert_array_equal(windowed, whole)
+    assert sorted(added.tolist()) == np.flatnonzero((labels == 0) & (windowed > 0)).tolist()
+    # the case exercises both outcomes (and, measured, 14 windows and 12 whole slices)
+    assert added.size and ((labels > 0) & (windowed == 0)).any()
+
+
 def test_augmentation_adds_every_ct_defect_and_never_flips():
     from calcpipe.models.train import augment
 
