@@ -111,8 +111,9 @@ def main() -> None:
     single = median("single", "score_s")
     per_study = single / N_STUDIES
     flow1, flow2 = median("flow1", "score_s"), median("flow2", "score_s")
-    direct, direct_half = mean_interval([f["score_s"] / s["score_s"] for (f, _), (s, _)
-                                         in zip(runs["flow1"], runs["single"], strict=True)])
+    rounds = [f["score_s"] / s["score_s"]  # each round: flow 1 worker / its single process
+              for (f, _), (s, _) in zip(runs["flow1"], runs["single"], strict=True)]
+    direct, direct_half = mean_interval(rounds)
     around_pct = 100 * (around("flow1") - around("single")) / N_STUDIES / per_study
     ratio, half_width = worker_ratio
     worker_pct = 100 * (ratio - 1)
@@ -144,8 +145,7 @@ def main() -> None:
     print(f"  direct: score stage, flow 1 worker / fresh single process, mean of {REPEATS} "
           f"rounds: {direct:.3f} ({100 * (direct - 1):+.1f} %, 95 % interval "
           f"{100 * (direct - direct_half - 1):+.1f} to {100 * (direct + direct_half - 1):+.1f} %;"
-          " rounds " + ", ".join(f"{f['score_s'] / s['score_s']:.3f}" for (f, _), (s, _)
-                                 in zip(runs["flow1"], runs["single"], strict=True)) + ")")
+          " rounds " + ", ".join(f"{r:.3f}" for r in rounds) + ")")
     print(f"  throughput 2 workers / 1 worker: {speedup:.2f}x (target >= 1.5x)")
     print(f"  Prefect task runs per flow run: {shards + 3} "
           f"(index, plan, {shards} score-shard (score and commit), report)")

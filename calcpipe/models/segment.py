@@ -249,20 +249,24 @@ def _lesions_touched(candidates: npt.NDArray[np.bool_], labels: npt.NDArray[np.u
     8-connected regions of candidates, and the region numbers holding labels. Labelling a
     window around the labelled voxels is several times faster than the whole slice; where
     such a lesion reaches the window's edge, the whole slice is labelled instead."""
-    from scipy import ndimage
-
     rows, cols = np.flatnonzero(labels.any(axis=1)), np.flatnonzero(labels.any(axis=0))
     window = (slice(max(int(rows[0]) - margin, 0), int(rows[-1]) + margin + 1),
               slice(max(int(cols[0]) - margin, 0), int(cols[-1]) + margin + 1))
-    for attempt in (window, (slice(0, labels.shape[0]), slice(0, labels.shape[1]))):
-        lesions, _ = ndimage.label(candidates[attempt], structure=np.ones((3, 3), dtype=bool))
-        numbers = np.unique(lesions[labels[attempt] > 0])
-        numbers = numbers[numbers > 0]
-        edge = np.concatenate([lesions[0], lesions[-1], lesions[:, 0], lesions[:, -1]])
-        whole_slice = lesions.shape == candidates.shape
-        if whole_slice or not np.isin(numbers, edge).any():
-            return attempt, lesions, numbers
-    raise AssertionError("unreachable: the whole slice has no edge inside it")
+    lesions, numbers = _regions_holding_labels(candidates[window], labels[window])
+    edge = np.concatenate([lesions[0], lesions[-1], lesions[:, 0], lesions[:, -1]])
+    if lesions.shape != candidates.shape and np.isin(numbers, edge).any():
+        window = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))
+        lesions, numbers = _regions_holding_labels(candidates, labels)
+    return window, lesions, numbers
+
+
+def _regions_holding_labels(candidates: npt.NDArray[np.bool_], labels: npt.NDArray[np.uint8],
+                            ) -> tuple[Any, Any]:
+    from scipy import ndimage
+
+    lesions, _ = ndimage.label(candidates, structure=np.ones((3, 3), dtype=bool))
+    numbers = np.unique(lesions[labels > 0])
+    return lesions, numbers[numbers > 0]
 
 
 def oversized_regions(candidates: npt.NDArray[np.bool_], spacing_mm: tuple[float, float, float],
