@@ -52,14 +52,16 @@ def score_on_worker(item: StudyItem, provenance: Provenance, out_root: str,
 #: The image every deployment uses (infra/docker/*; tag = calcpipe version, "-cuda" for GPU).
 IMAGE = "ghcr.io/calcpipe/calcpipe"
 #: The nanny's environment for the worker processes it starts, as the environment variable
-#: that configures it (see :func:`malloc_tuned_workers`); the images set it too.
+#: that configures it (see :func:`tuned_workers`); the images set it too.
 WORKER_MALLOC_CONFIG = {"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": 1}
 WORKER_MALLOC_ENV = {"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON":  # Dask parses a literal
                      "{" + ", ".join(f'"{name}": {value!r}'
                                      for name, value in WORKER_MALLOC_CONFIG.items()) + "}"}
+#: Dask's profiler off in the processes of a cluster (see :func:`tuned_workers`).
+WORKER_DASK_ENV = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
 #: Environment every worker gets (credentials come from the platform's secrets).
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-              **WORKER_MALLOC_ENV}
+              **WORKER_MALLOC_ENV, **WORKER_DASK_ENV}
 
 
 def image(version: str, gpu: bool) -> str:
@@ -135,9 +137,12 @@ def slurm_cluster_options(options: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def malloc_tuned_workers() -> Any:
-    """Dask configuration for starting local workers with glibc's malloc set for study work
-    (:data:`WORKER_MALLOC_CONFIG`; a ``None`` value makes the nanny leave a variable unset).
+def tuned_workers(profiler: bool = False) -> Any:
+    """Dask configuration for starting a local cluster whose workers run study work at the
+    speed of a plain process: glibc's malloc set for it (:data:`WORKER_MALLOC_CONFIG`; a
+    ``None`` value makes the nanny leave a variable unset) and, unless ``profiler``, Dask's
+    statistical profiler off. Nannies keep the configuration
+    they were created with, so restarted workers get it too.
 
     - Without Dask's ``MALLOC_TRIM_THRESHOLD_=65536``. Setting it also turns off glibc's
       dynamic mmap threshold, so every large array of a study is mapped and unmapped afresh:
@@ -148,11 +153,19 @@ def malloc_tuned_workers() -> Any:
       activations were faulted in afresh batch after batch. Study work ran 8 % slower in a
       thread than in the main thread of one process, 1 % with one arena (48 paired studies
       each); in a worker against a plain process, over 6 fresh pairs of processes, +4.3 %
-      (95 % interval 0.0 to +8.6 %) without and -1.7 % (-6.7 to +3.2 %) with (2026-11-27)."""
+      (95 % interval 0.0 to +8.6 %) without and -1.7 % (-6.7 to +3.2 %) with (2026-11-27).
+    - Without the profiler. Every 10 ms it takes the GIL from the study's thread to walk its
+      stack (and a second one samples each event loop). Back to back, 8 studies per block,
+      study work in a worker against a plain process, 3 fresh pairs each: +8.5 % (in_flight
+      1) and +5.7 % (in_flight 4) with it, +0.1 % and +3.5 % without (2026-11-27). The
+      dashboard's task stream, progress and memory do not need it; its Profile tab does
+      (``cluster_options={"profiler": true}``)."""
     import dask
 
-    return dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value
-                            for name, value in WORKER_MALLOC_CONFIG.items()})
+    config: dict[str, Any] = {f"distributed.nanny.pre-spawn-environ.{name}": value
+                              for name, value in WORKER_MALLOC_CONFIG.items()}
+    config["distributed.worker.profile.enabled"] = profiler
+    return dask.config.set(config)
 
 
 def studies_per_gpu(params: ScoreParams) -> int:
@@ -196,7 +209,7 @@ def _start(params: ScoreParams) -> Any:
         from distributed import LocalCluster
 
         processes = kind == "local"
-        with malloc_tuned_workers():
+        with tuned_workers(bool(options.get("profiler", False))):
             return LocalCluster(n_workers=params.workers if processes else 1,
                                 threads_per_worker=1 if processes else params.workers,
                                 processes=processes, dashboard_address=None,
@@ -208,7 +221,7 @@ def _start(params: ScoreParams) -> Any:
             except Exception as e:  # without CUDA, importing dask_cuda can fail in many ways
                 raise ImportError(str(e)) from e
 
-            with malloc_tuned_workers():
+            with tuned_workers(bool(options.get("profiler", False))):
                 return LocalCUDACluster(threads_per_worker=studies_per_gpu(params),
                                         resources={"GPU": 1}, dashboard_address=None)
         if kind == "kubernetes":

@@ -65,10 +65,10 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def dask_address() -> Iterator[str]:
     """A local Dask cluster shared by the pipeline tests (the flow's scheduler-address
     mode): two single-threaded worker processes."""
-    from calcpipe.flows.cluster import malloc_tuned_workers  # as the flow's local clusters
+    from calcpipe.flows.cluster import tuned_workers  # as the flow's local clusters
     from distributed import LocalCluster
 
-    with malloc_tuned_workers(), LocalCluster(
+    with tuned_workers(), LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
             silence_logs=40) as cluster:
         yield cluster.scheduler_address

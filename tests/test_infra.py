@@ -16,6 +16,7 @@ from calcpipe.flows.cluster import (
     kubernetes_cluster_spec,
     slurm_cluster_options,
     studies_per_gpu,
+    tuned_workers,
     uses_gpus,
 )
 
@@ -101,11 +102,12 @@ def test_slurm_job_script_asks_for_one_gpu_per_worker():
     assert config["job-script-prologue"] == defaults["job_script_prologue"]
 
 
-def test_workers_everywhere_start_with_calcpipes_malloc_settings(dask_address):
+def test_workers_everywhere_start_with_calcpipes_malloc_and_profiler_settings(dask_address):
     """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers unless configured
-    otherwise (it made every study about 50 % slower), and glibc gives the task thread its
-    own arena (about 4-8 % slower): every worker starts without the one and with
-    MALLOC_ARENA_MAX=1 (flows/cluster.malloc_tuned_workers)."""
+    otherwise (it made every study about 50 % slower), glibc gives the task thread its
+    own arena (about 4-8 % slower), and Dask's profiler takes the GIL from the study every
+    10 ms (about 5 %): every worker starts without the first, with MALLOC_ARENA_MAX=1 and
+    without the profiler (flows/cluster.tuned_workers)."""
     import ast
     import os
     import subprocess
@@ -115,24 +117,35 @@ def test_workers_everywhere_start_with_calcpipes_malloc_settings(dask_address):
 
     # local clusters (the tests' cluster is started as the flow starts its own)
     with Client(dask_address, set_as_default=False) as client:
-        seen = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
-                                   os.environ.get("MALLOC_ARENA_MAX")))
-    assert seen and set(seen.values()) == {(None, "1")}
+        seen = client.run(lambda dask_worker: (
+            os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("MALLOC_ARENA_MAX"),
+            "profile" in dask_worker.periodic_callbacks))
+    assert seen and set(seen.values()) == {(None, "1", False)}
     # Slurm's job script (the shell quoting included), Kubernetes pods and the images:
     # the environment variable, read by the nanny's own configuration
-    ask = ("from distributed.nanny import _get_env_variables; "
-           "print(_get_env_variables('distributed.nanny.pre-spawn-environ'))")
+    ask = ("import dask; from distributed.nanny import _get_env_variables; "
+           "print((_get_env_variables('distributed.nanny.pre-spawn-environ'), "
+           "dask.config.get('distributed.worker.profile.enabled')))")
     script = "\n".join([*slurm_cluster_options({})["job_script_prologue"],
                         f'{sys.executable} -c "{ask}"'])
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
-    environ = ast.literal_eval(out.stdout.strip())
+    environ, profiler = ast.literal_eval(out.stdout.strip())
+    assert profiler is False
     assert environ["OMP_NUM_THREADS"] == "1" and environ["MALLOC_ARENA_MAX"] == "1"
     assert "MALLOC_TRIM_THRESHOLD_" not in environ
     (name, value), = WORKER_MALLOC_ENV.items()
     assert ast.literal_eval(value) == WORKER_MALLOC_CONFIG
     assert WORKER_ENV[name] == value
+    import dask
+
+    with tuned_workers():
+        assert dask.config.get("distributed.worker.profile.enabled") is False
+    with tuned_workers(profiler=True):  # cluster_options={"profiler": true}
+        assert dask.config.get("distributed.worker.profile.enabled") is True
+    assert WORKER_ENV["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] == "False"
     for dockerfile in INFRA.glob("docker/Dockerfile*"):
         assert f"{name}='{value}'" in dockerfile.read_text(), dockerfile
+        assert "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in dockerfile.read_text()
 
 
 def test_cluster_kinds_validate_and_missing_back_ends_fail_clearly(tmp_path):
