@@ -23,12 +23,13 @@ is also measured in two drift-free parts, each within one run:
 * around the study work: each run's score stage minus its study work (``study_s``: the
   seconds inside ``score_study``, summed over studies, measured where they ran), the flow's
   against the single process's (which is its commits and shard reading);
-* the study work itself in a Dask worker against in a plain process, study by study, paired
-  (each study once in each, in alternating order), over PAIR_TRIALS fresh pairs of
-  processes (a new cluster and a new plain process each time). One process runs the same
-  work faster or slower than another by up to about 10 % on this machine (two identical
-  plain processes, paired, gave ratios from 0.89 to 1.08), so a single pair measures that
-  luck, not the worker; the mean over pairs, with its 95 % interval, does not.
+* the study work itself in a Dask worker against in a plain process, each scoring the same
+  PAIR_STUDIES studies back to back (twice, in reverse order the second time), over
+  PAIR_TRIALS fresh pairs of processes (a new cluster and a new plain process each time).
+  One process runs the same work faster or slower than another by up to about 10 % on
+  this machine (two identical plain processes, paired, gave ratios from 0.89 to 1.08), so
+  a single pair measures that luck, not the worker; the mean over pairs, with its 95 %
+  interval, does not.
 
 Their sum is one overhead estimate. The other is direct: in each round, the flow's 1-worker
 score stage over the fresh single process's (run next to each other), averaged over the
@@ -54,7 +55,7 @@ MATRIX = 128
 SHARD = 8
 REPEATS = 8  # rounds; each is a fresh pair (flow worker, single process) for the direct ratio
 PAIR_TRIALS = 6  # fresh pairs of processes for the paired study-work ratio
-PAIR_STUDIES = 8  # studies each pair runs (each once in each process)
+PAIR_STUDIES = 8  # studies in a block (each pair runs each block twice)
 
 
 def main() -> None:
@@ -135,7 +136,7 @@ def main() -> None:
     print(f"  around the study work (score stage - study work, median of rounds): single "
           f"{around('single'):.2f} s, flow 1 worker {around('flow1'):.2f} s: "
           f"{around_pct:+.1f} % of compute")
-    print(f"  study work in a Dask worker / in a plain process, paired per study, mean of "
+    print(f"  study work in a Dask worker / in a plain process, back to back, mean of "
           f"{PAIR_TRIALS} process pairs: {ratio:.3f} ({worker_pct:+.1f} %, 95 % interval "
           f"{100 * (ratio - half_width - 1):+.1f} to {100 * (ratio + half_width - 1):+.1f} %)")
     total = around_pct + worker_pct
@@ -175,53 +176,79 @@ def _score_plain(item: Any, provenance: Any, root: str) -> Any:
 
 
 def paired_worker_ratio(params: Any) -> tuple[float, float]:
-    """Mean over PAIR_TRIALS fresh pairs of processes of the median over studies of (study
-    work in a single-threaded Dask worker) / (the same study in a plain process), each
-    study once in each, the order alternating; and the half-width of its 95 % interval."""
+    """Mean over PAIR_TRIALS fresh pairs of processes of (median study work in a
+    single-threaded Dask worker, 4 studies in flight as the flow submits them) / (median in
+    a plain process), both scoring PAIR_STUDIES studies back to back; and the half-width of
+    its 95 % interval."""
+    ratios = worker_block_ratios(params, (4,), PAIR_TRIALS)[4]
+    print("  (worker/plain per process pair, back-to-back blocks of "
+          f"{PAIR_STUDIES} studies: " + ", ".join(f"{r:.3f}" for r in ratios) + ")")
+    return mean_interval(ratios)
+
+
+def worker_block_ratios(params: Any, in_flights: tuple[int, ...], pairs: int,
+                        ) -> dict[int, list[float]]:
+    """For each of ``pairs`` fresh pairs of processes (a one-worker cluster started as the
+    flow starts it, and a plain spawned process with the same segmenter): the median
+    seconds of study work per study in the worker with each of ``in_flights`` studies
+    outstanding, over the median in the plain process. Each scores the same PAIR_STUDIES
+    studies as a block, back to back (as a flow run does), every block twice, the second
+    time in reverse order of kinds. Study by study in alternation, a worker does not show a
+    cost that it shows back to back (Dask's profiler: docs/scale.md)."""
     from calcpipe.flows.cluster import (
         SegmenterPlugin,
         cluster_client,
         score_on_worker,
         torch_threads,
     )
+    from distributed import as_completed
 
     from calcpipe.pipeline.run import Run, in_process
 
     run = Run(params, None)
     run.index(in_process)
-    items = [i for shard in run.plan(in_process) for i in run.shard_items(shard)]
-    items = items[:PAIR_STUDIES]
-    threads = torch_threads(params)
-    spec = (params.model, params.device, params.precision, threads)
-    trials = []
-    for _ in range(PAIR_TRIALS):
+    studies = [i for shard in run.plan(in_process) for i in run.shard_items(shard)]
+    studies = studies[:PAIR_STUDIES]
+    spec = (params.model, params.device, params.precision, torch_threads(params))
+    ratios: dict[int, list[float]] = {n: [] for n in in_flights}
+    for _ in range(pairs):
         with (ProcessPoolExecutor(1, multiprocessing.get_context("spawn"),
                                   initializer=_load_plain, initargs=spec) as plain,
               cluster_client(params.model_copy(update={"workers": 1})) as client):  # as the flow
             client.register_plugin(SegmenterPlugin(*spec))
 
-            def study(where: str, item: Any) -> float:
-                if where == "plain":
-                    outcome = plain.submit(_score_plain, item, run.provenance,
-                                           run.store.root).result()
+            def block(in_flight: int, items: list[Any]) -> list[float]:  # 0: plain process
+                if not in_flight:
+                    outcomes = [plain.submit(_score_plain, item, run.provenance,
+                                             run.store.root).result() for item in items]
                 else:
-                    outcome = client.submit(score_on_worker, item, run.provenance,
-                                            run.store.root, None, None, False,
-                                            pure=False).result()
-                assert outcome.failure is None, outcome.failure
-                return float(outcome.seconds)
+                    def submit(item: Any) -> Any:
+                        return client.submit(score_on_worker, item, run.provenance,
+                                             run.store.root, None, None, False, pure=False)
 
-            study("plain", items[0]), study("worker", items[0])  # warm-up, not timed
-            ratios = []
-            for number, item in enumerate(items):
-                order = ("worker", "plain") if number % 2 else ("plain", "worker")
-                seconds = {where: study(where, item) for where in order}
-                ratios.append(seconds["worker"] / seconds["plain"])
-        trials.append(statistics.median(ratios))
+                    pending = iter(items)
+                    window = as_completed([submit(i) for _, i in zip(range(in_flight), pending,
+                                                                      strict=False)],
+                                          loop=client.loop)
+                    outcomes = []
+                    for future in window:
+                        outcomes.append(future.result())
+                        following = next(pending, None)
+                        if following is not None:
+                            window.add(submit(following))
+                assert all(o.failure is None for o in outcomes), outcomes
+                return [float(o.seconds) for o in outcomes]
+
+            block(0, studies[:1]), block(in_flights[0], studies[:1])  # warm-up, not timed
+            seconds: dict[int, list[float]] = {n: [] for n in (0, *in_flights)}
+            for order in (list(seconds), list(seconds)[::-1]):
+                for in_flight in order:
+                    seconds[in_flight] += block(in_flight, studies)
+            base = statistics.median(seconds[0])
+            for n in in_flights:
+                ratios[n].append(statistics.median(seconds[n]) / base)
     run.remove_scratch()
-    print(f"  (paired ratios per process pair, medians of {len(items)} studies: "
-          + ", ".join(f"{t:.3f}" for t in trials) + ")")
-    return mean_interval(trials)
+    return ratios
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:
