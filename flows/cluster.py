@@ -155,10 +155,12 @@ def tuned_workers(profiler: bool = False) -> Any:
       each); in a worker against a plain process, over 6 fresh pairs of processes, +4.3 %
       (95 % interval 0.0 to +8.6 %) without and -1.7 % (-6.7 to +3.2 %) with (2026-11-27).
     - Without the profiler. Every 10 ms it takes the GIL from the study's thread to walk its
-      stack (and a second one samples each event loop). Back to back, 8 studies per block,
-      study work in a worker against a plain process, 3 fresh pairs each: +8.5 % (in_flight
-      1) and +5.7 % (in_flight 4) with it, +0.1 % and +3.5 % without (2026-11-27). The
-      dashboard's task stream, progress and memory do not need it; its Profile tab does
+      stack (and a second one samples each event loop). Study work back to back, 8 studies
+      per block, in a worker against a plain process, two probes of 3 fresh pairs each
+      (2026-11-27): with one study in flight, +8.5 % and +9.2 % with it, +0.1 % and +4.0 %
+      without; with four in flight (as the flow submits), +5.7 % and +3.8 % with it,
+      +3.5 % and +5.5 % without, no difference shown. The dashboard's task stream,
+      progress and memory plots do not need it; its Profile tab does
       (``cluster_options={"profiler": true}``)."""
     import dask
 

@@ -106,8 +106,8 @@ def test_workers_everywhere_start_with_calcpipes_malloc_and_profiler_settings(da
     """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers unless configured
     otherwise (it made every study about 50 % slower), glibc gives the task thread its
     own arena (about 4-8 % slower), and Dask's profiler takes the GIL from the study every
-    10 ms (about 5 %): every worker starts without the first, with MALLOC_ARENA_MAX=1 and
-    without the profiler (flows/cluster.tuned_workers)."""
+    10 ms (about 7 % with one study in flight): every worker starts without the first,
+    with MALLOC_ARENA_MAX=1 and without the profiler (flows/cluster.tuned_workers)."""
     import ast
     import os
     import subprocess

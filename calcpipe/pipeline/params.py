@@ -20,8 +20,10 @@ class ScoreParams(BaseModel):
     ``distributed.LocalCluster`` of ``workers`` processes), ``"local-threads"`` (one process,
     ``workers`` threads), ``"local-cuda"`` (one worker per local GPU), ``"kubernetes"`` (the
     Dask operator), ``"slurm"`` (dask-jobqueue), or the address of an existing Dask
-    scheduler (``tcp://host:8786``); ``cluster_options`` tune the last two (name,
-    gpus_per_worker, queue, account, walltime, memory, cores: ``calcpipe.flows.cluster``).
+    scheduler (``tcp://host:8786``); ``cluster_options`` tune Kubernetes and Slurm (name,
+    gpus_per_worker, queue, account, walltime, memory, cores: ``calcpipe.flows.cluster``),
+    GPU workers (studies_per_gpu) and local clusters (profiler: Dask's statistical
+    profiler, off by default).
     ``torch_threads``: threads of the network per worker (default: the cores shared evenly
     among the workers of a local cluster; torch's own default elsewhere).
     ``plan_only``: index and plan (the ``series`` rows and the failures of studies that
