@@ -138,11 +138,10 @@ def slurm_cluster_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def tuned_workers(profiler: bool = False) -> Any:
-    """Dask configuration for starting a local cluster whose workers run study work at the
-    speed of a plain process: glibc's malloc set for it (:data:`WORKER_MALLOC_CONFIG`; a
-    ``None`` value makes the nanny leave a variable unset) and, unless ``profiler``, Dask's
-    statistical profiler off. Nannies keep the configuration
-    they were created with, so restarted workers get it too.
+    """Dask configuration for starting a local cluster's workers for study work: glibc's
+    malloc set for it (:data:`WORKER_MALLOC_CONFIG`; a ``None`` value makes the nanny leave
+    a variable unset) and, unless ``profiler``, Dask's statistical profiler off. Nannies
+    keep the configuration they were created with, so restarted workers get it too.
 
     - Without Dask's ``MALLOC_TRIM_THRESHOLD_=65536``. Setting it also turns off glibc's
       dynamic mmap threshold, so every large array of a study is mapped and unmapped afresh:
