@@ -201,7 +201,7 @@ def worker_block_ratios(params: Any, in_flights: tuple[int, ...], pairs: int,
         score_on_worker,
         torch_threads,
     )
-    from distributed import as_completed
+    from calcpipe.flows.score_cohort import in_flight_window
 
     from calcpipe.pipeline.run import Run, in_process
 
@@ -226,16 +226,8 @@ def worker_block_ratios(params: Any, in_flights: tuple[int, ...], pairs: int,
                         return client.submit(score_on_worker, item, run.provenance,
                                              run.store.root, None, None, False, pure=False)
 
-                    pending = iter(items)
-                    window = as_completed([submit(i) for _, i in zip(range(in_flight), pending,
-                                                                      strict=False)],
-                                          loop=client.loop)
-                    outcomes = []
-                    for future in window:
-                        outcomes.append(future.result())
-                        following = next(pending, None)
-                        if following is not None:
-                            window.add(submit(following))
+                    outcomes = [future.result() for _, future in  # as the flow submits
+                                in_flight_window(client, items, submit, in_flight)]
                 assert all(o.failure is None for o in outcomes), outcomes
                 return [float(o.seconds) for o in outcomes]
 

@@ -17,6 +17,7 @@ or a Prefect ``Secret`` block named by ``secret_block``; it is never a flow para
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from calcpipe.flows.cluster import (
@@ -86,25 +87,12 @@ def score_shard(run: Run, client: Client, spec: ShardSpec, number: int, total: i
                              key=f"score-{item.result_id}-{run.run_id}", pure=False,
                              resources=resources)
 
-    items: dict[str, StudyItem] = {}
-
-    def submit_item(item: StudyItem) -> Any:
-        future = submit(item)
-        items[future.key] = item
-        return future
-
-    pending = iter(shard)
-    first = [submit_item(i) for _, i in zip(range(p.in_flight), pending, strict=False)]
-    window = as_completed(first, loop=client.loop)
     outcomes = []
-    for future in window:
-        outcomes.append(_outcome(future, items[future.key], run))
+    for item, future in in_flight_window(client, shard, submit, p.in_flight):
+        outcomes.append(_outcome(future, item, run))
         future.release()
         if progress is not None:
             progress.advance()
-        following = next(pending, None)
-        if following is not None:
-            window.add(submit_item(following))
     scored = time.perf_counter()
     run.commit(outcomes)
     seconds = time.perf_counter() - start
@@ -114,6 +102,30 @@ def score_shard(run: Run, client: Client, spec: ShardSpec, number: int, total: i
         "work on the workers, commit %.1f s", number, total, len(shard), failed, seconds,
         len(shard) / seconds if seconds else 0.0, sum(o.seconds for o in outcomes),
         time.perf_counter() - scored)
+
+
+def in_flight_window(client: Client, values: Iterable[Any], submit: Callable[[Any], Any],
+                     in_flight: int) -> Iterator[tuple[Any, Any]]:
+    """Submit ``submit(value)`` for each value with at most ``in_flight`` futures
+    outstanding; yield (value, future) as each completes, submitting the next."""
+    pending = iter(values)
+    submitted: dict[str, Any] = {}
+
+    def submit_next() -> Any:
+        value = next(pending, None)
+        if value is None:
+            return None
+        future = submit(value)
+        submitted[future.key] = value
+        return future
+
+    window = as_completed([f for f in (submit_next() for _ in range(in_flight))
+                           if f is not None], loop=client.loop)
+    for future in window:
+        yield submitted.pop(future.key), future
+        following = submit_next()
+        if following is not None:
+            window.add(following)
 
 
 def _outcome(future: Any, item: StudyItem, run: Run) -> StudyOutcome:
