@@ -282,16 +282,20 @@ def test_training_flow_trains_and_measures_on_the_test_patients(prefect_api, tmp
 
 
 def _thorax(lungs: bool = True) -> np.ndarray:
-    """A hand-built chest, 5 slices of 128 x 128 at 1 mm: body, two lungs, a rib beside
-    each lung, a mediastinal calcification, a table with air slots below the body, and a
-    small gas pocket (bowel) in the body below the heart."""
+    """A hand-built chest, 8 slices of 128 x 128 at 2 mm: body; two lungs in slices 2-7,
+    only a small posterior recess of them in slice 1 and none in slice 0 (the upper
+    abdomen); a rib beside each lung, a mediastinal calcification, a calcified node inside
+    the right lung, a table with air slots below the body, and a small gas pocket (bowel)
+    in the body below the heart."""
     yy, xx = np.mgrid[0:128, 0:128]
-    hu = np.full((5, 128, 128), -1000, dtype=np.int16)
+    hu = np.full((8, 128, 128), -1000, dtype=np.int16)
     body = ((yy - 60) / 45) ** 2 + ((xx - 64) / 60) ** 2 <= 1
     hu[:, body] = 40
     if lungs:
         for cx in (34, 94):
-            hu[:, ((yy - 60) / 30) ** 2 + ((xx - cx) / 18) ** 2 <= 1] = -850
+            hu[2:, ((yy - 60) / 30) ** 2 + ((xx - cx) / 18) ** 2 <= 1] = -850
+            hu[1, ((yy - 85) / 5) ** 2 + ((xx - cx) / 8) ** 2 <= 1] = -850
+        hu[:, 40, 40] = 300  # a calcified node in the right lung
     hu[:, 60, 9:12] = 700  # rib beyond the right lung (image left)
     hu[:, 58:60, 117:119] = 700  # rib beyond the left lung
     hu[:, 50, 64] = 400  # calcium between the lungs
@@ -301,33 +305,61 @@ def _thorax(lungs: bool = True) -> np.ndarray:
     return hu
 
 
-def test_voxels_with_a_lung_between_them_and_the_mediastinum_are_chest_wall():
-    from calcpipe.models.thorax import beyond_lungs, lung_mask
+#: (slice, row, column): rib beyond the right lung, rib beyond the left, calcium between
+#: the lungs, a mediastinal voxel, the node in the lung, calcium between the lungs in the
+#: abdomen (slice 0) and where only the lungs' recess is in view (slice 1)
+_POINTS = (np.array([2, 2, 2, 2, 2, 0, 1]), np.array([60, 58, 50, 60, 40, 50, 50]),
+           np.array([10, 117, 64, 64, 40, 64, 64]))
 
-    hu = _thorax()
-    lungs = lung_mask(hu)
-    assert lungs[:, 60, 34].all() and lungs[:, 60, 94].all()
+
+def test_lungs_are_the_large_air_regions_inside_the_body():
+    from calcpipe.models.thorax import lung_mask
+
+    lungs = lung_mask(_thorax())
+    assert lungs[2:, 60, 34].all() and lungs[2:, 60, 94].all() and lungs[1, 85, 34]
     assert not lungs[:, 112, 25].any()  # the table's air slot is outside the body
     assert not lungs[:, 93, 61].any()  # the gas pocket: far smaller than a lung
-    points = (np.array([2, 2, 2, 2]), np.array([60, 58, 50, 60]), np.array([10, 117, 64, 64]))
-    assert beyond_lungs(hu, (3.0, 1.0, 1.0), points).tolist() == [True, True, False, False]
-    # no lungs in view (a phantom, or a field of view cutting them): nothing is beyond them
-    assert not beyond_lungs(_thorax(lungs=False), (3.0, 1.0, 1.0), points).any()
+    assert not lungs[:, 5, 64].any()  # the air around the patient
 
 
-def test_chest_wall_rule_keeps_every_synthetic_coronary_voxel():
-    """The rule removes coronary labels only: over 100 held-out synthetic studies at 512^2 it
-    removed none of 79,065 true coronary voxels (bench/bench_accuracy.py); here 3 small
-    studies, every true coronary voxel."""
+def test_lungs_cut_by_the_field_of_view_are_still_lungs():
+    """Cardiac reconstructions cut the chest: the body and lungs reach the image border."""
+    from calcpipe.models.thorax import lung_mask
+
+    cropped = _thorax()[:, :, 20:108]  # columns 20-107: both lungs touch the sides
+    lungs = lung_mask(cropped)
+    assert lungs[2:, 60, 0].all() and lungs[2:, 60, 87].all()
+    assert not lungs[:, 5, 44].any() and not lungs[:, 125, 44].any()  # air above and below
+
+
+def test_thorax_rules_exclude_chest_wall_lung_and_abdomen_not_the_mediastinum():
+    from calcpipe.models.thorax import Thorax
+
+    thorax = Thorax.find(_thorax(), (3.0, 2.0, 2.0))
+    assert thorax.lung_range() == (2, 7)  # slice 1's recess is under a quarter of a lung
+    assert thorax.beyond_lungs(_POINTS).tolist()[:4] == [True, True, False, False]
+    assert thorax.in_lung(_POINTS).tolist() == [False, False, False, False, True, False, False]
+    assert thorax.outside_lung_range(_POINTS).tolist() == [False] * 5 + [True, True]
+    assert thorax.not_coronary(_POINTS).tolist() == [True, True, False, False, True, True, True]
+    # no lungs in view (a phantom): nothing is excluded
+    assert not Thorax.find(_thorax(lungs=False), (3.0, 2.0, 2.0)).not_coronary(_POINTS).any()
+
+
+def test_thorax_rules_keep_every_synthetic_coronary_voxel():
+    """The rules remove coronary labels only: over 100 held-out synthetic studies at 512^2
+    they removed none of 79,065 true coronary voxels (bench/bench_accuracy.py prints it);
+    here 3 small studies, every true coronary voxel, with the lungs in view."""
     from calcpipe.models.segment import CORONARY_VALUES
-    from calcpipe.models.thorax import beyond_lungs
+    from calcpipe.models.thorax import Thorax
 
     checked = 0
     for index in range(3):
         rendered = render_study(sample_spec(9001, index, matrix=128))
         points = np.nonzero(np.isin(rendered.labels, CORONARY_VALUES))
         checked += points[0].size
-        assert not beyond_lungs(rendered.hu, rendered.spacing_mm, points).any()
+        thorax = Thorax.find(rendered.hu, rendered.spacing_mm)
+        assert thorax.lung_range() is not None
+        assert not thorax.not_coronary(points).any()
     assert checked > 0
 
 

@@ -144,20 +144,26 @@ def test_qrm_replica_against_the_real_scan(shared_data):
     assert by_name["Small_MD"].replica_agatston == 0 == by_name["Small_LD"].replica_agatston
 
 
-def test_chest_wall_rule_removes_rib_and_cartilage_labels_on_the_real_chest_ct(shared_data):
-    """The synthetic-only network labels the front chest wall of the real chest CT (no
-    visible coronary calcium) as coronary calcium; with a lung between those voxels and the
-    mediastinum, the chest-wall rule removes them (659 -> 84 AU when measured)."""
-    from calcpipe.models.segment import UNetSegmenter
+def test_thorax_rules_remove_chest_wall_hilar_and_abdominal_labels_on_the_real_chest_ct(
+        shared_data):
+    """The synthetic-only network labels ribs and costal cartilage, hilar calcifications
+    and bowel contents of the real chest CT (no visible coronary calcium) as coronary
+    calcium; the thorax rules remove them (871 -> 21 AU when measured): nothing coronary
+    is left in the abdomen below the lungs' range (slices 0-3) or in the hila (slice 16).
+    What remains is costal cartilage of the upper abdomen (slice 5)."""
+    from calcpipe.models.segment import CORONARY_VALUES, UNetSegmenter
     from calcpipe.scoring import score
 
     volume = load_volume(shared_data / "chest_ct_lung_pet_ct_dx" / "study_A0002" / "series_B40f")
-    cac = {}
-    for rule in (False, True):
-        segmenter = UNetSegmenter.load("default", threads=2, chest_wall_rule=rule)
+    cac, coronary = {}, {}
+    for rules in (False, True):
+        segmenter = UNetSegmenter.load("default", threads=2, thorax_rules=rules)
         labels = segmenter.segment(volume.hu, volume.spacing_mm, kvp=120.0).labels
-        cac[rule] = score(volume.hu, labels, volume.spacing_mm).row("CAC").agatston
-    assert cac[False] > 300 and cac[True] < 100
+        cac[rules] = score(volume.hu, labels, volume.spacing_mm).row("CAC").agatston
+        coronary[rules] = np.isin(labels, CORONARY_VALUES)
+    assert cac[False] > 300 and cac[True] < 30
+    assert coronary[False][[0, 3, 16]].any(axis=(1, 2)).all()
+    assert not coronary[True][:4].any() and not coronary[True][16].any()
 
 
 def test_whole_lesion_labelling_labels_more_of_the_real_qrm_inserts_and_nothing_outside(

@@ -33,7 +33,7 @@ MAX_CALCIUM_REGION_MM3 = 5000.0
 #: :func:`label_whole_lesions`).
 LESION_MAJORITY = 0.5
 
-#: Label values of the coronary classes (the chest-wall rule applies to these).
+#: Label values of the coronary classes (the thorax rules apply to these).
 CORONARY_VALUES = tuple(v for v, name in LABEL_NAMES.items() if name in CORONARY)
 
 #: Studies one GPU worker processes at once (threads sharing one network): while one study's
@@ -86,7 +86,7 @@ class UNetSegmenter:
     def __init__(self, checkpoint: Any, *, device: str = "cpu", precision: str = "fp32",
                  batch_size: int = 16, threads: int | None = None,
                  max_region_mm3: float | None = MAX_CALCIUM_REGION_MM3,
-                 chest_wall_rule: bool = True, whole_lesions: bool = True) -> None:
+                 thorax_rules: bool = True, whole_lesions: bool = True) -> None:
         import torch
 
         from calcpipe.models.unet import UNet, UNetConfig
@@ -100,7 +100,7 @@ class UNetSegmenter:
         self.precision = precision
         self.batch_size = batch_size
         self.max_region_mm3 = max_region_mm3
-        self.chest_wall_rule = chest_wall_rule
+        self.thorax_rules = thorax_rules
         self.whole_lesions = whole_lesions
         if threads is not None:
             torch.set_num_threads(threads)
@@ -137,7 +137,7 @@ class UNetSegmenter:
     def segment(self, hu: npt.NDArray[np.integer], spacing_mm: tuple[float, float, float],
                 *, kvp: float = 120.0) -> Segmentation:
         from calcpipe.models.preprocess import model_input
-        from calcpipe.models.thorax import beyond_lungs
+        from calcpipe.models.thorax import Thorax
 
         stack, grid = model_input(hu, spacing_mm, model_spacing_mm=self.spacing,
                                   stride=2**self.config.depth, context=self.config.context,
@@ -168,13 +168,14 @@ class UNetSegmenter:
             kept = labels.flat[at] > 0  # voxels it labelled have no network top-class
             at = np.concatenate([at[kept], added])
             tops = np.concatenate([tops[kept], np.full(added.size, np.nan, np.float32)])
-        if self.chest_wall_rule and at.size:
-            # coronary labels with a lung between them and the mediastinum: ribs, cartilage
-            coronary = np.flatnonzero(np.isin(labels.flat[at], CORONARY_VALUES))
-            beyond = coronary[beyond_lungs(hu, spacing_mm, np.unravel_index(at[coronary],
-                                                                            hu.shape))]
-            labels.flat[at[beyond]] = 0
-            tops = np.delete(tops, beyond)
+        coronary = np.flatnonzero(np.isin(labels.flat[at], CORONARY_VALUES))
+        if self.thorax_rules and coronary.size:
+            # coronary labels where the lungs show no heart can be: the chest wall, the
+            # hila and lungs, the upper abdomen
+            points = np.unravel_index(at[coronary], hu.shape)
+            dropped = coronary[Thorax.find(hu, spacing_mm).not_coronary(points)]
+            labels.flat[at[dropped]] = 0
+            tops = np.delete(tops, dropped)
         tops = tops[~np.isnan(tops)]  # the network's own calcium decisions
         confidence = float(tops.astype(np.float64).mean()) if tops.size else None
         return Segmentation(labels, confidence, self.model_id, self.model_checksum,

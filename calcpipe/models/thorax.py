@@ -1,16 +1,29 @@
-"""Where coronary calcium cannot lie: beyond the lungs, seen from the mediastinum.
+"""Where coronary calcium cannot lie, found from the lungs.
 
-Coronary calcium lies on the heart, in the mediastinum, which the two lungs surround. Ribs,
-costal cartilage and the scapulae lie outside the lungs. On real scans the synthetic-only
-network labelled such bone fragments as coronary calcium (the chest CT of
-``../shared/data``: ribs and costal cartilage of the front chest wall), fragments too small for
-the region size gate (:data:`calcpipe.models.segment.MAX_CALCIUM_REGION_MM3`).
+Coronary calcium lies on the heart, in the mediastinum, which the two lungs surround. On
+real scans the synthetic-only network labelled calcified structures elsewhere as coronary
+calcium (the chest CT of ``../shared/data``), fragments too small for the region size gate
+(:data:`calcpipe.models.segment.MAX_CALCIUM_REGION_MM3`). :class:`Thorax` finds the body
+and the lungs once per study and answers, for candidate voxels, three questions:
 
-:func:`beyond_lungs` finds voxels with a lung between them and the body's centre; the
-segmenter removes their coronary labels. Nothing is beyond the lungs where none are in view.
+- :meth:`Thorax.beyond_lungs`: a lung lies between the voxel and the mediastinum (ribs,
+  costal cartilage, the scapulae: the chest wall);
+- :meth:`Thorax.in_lung`: lung surrounds the voxel in the plane (hilar and pulmonary
+  calcifications: lymph nodes, granulomas, bronchial cartilage). A coronary artery lies on
+  the heart, which fills at least the half of its surroundings facing the heart;
+- :meth:`Thorax.outside_lung_range`: the voxel's slice lies below or above the slices where
+  the lungs are large (the upper abdomen: bowel, costal cartilage of the costal arch; the
+  lung apices). The heart lies where the lungs are large.
+
+Nothing is excluded where no lungs are in view (a phantom). Fields of view that cut the
+chest, as cardiac reconstructions do, leave the lungs touching the image border: a hole of
+the body that lies almost wholly inside the body's outline is lung, the air around the
+patient is not.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -21,22 +34,116 @@ LUNG_HU = -400.0
 BODY_HU = -300.0
 #: Air regions of at least this fraction of the largest one's volume are lung.
 LUNG_FRACTION = 0.2
+#: A hole of the body that touches the image border is inside the body (lung cut by the
+#: field of view) when at least this fraction of it lies inside the body's outline.
+ENCLOSED_FRACTION = 0.9
+#: The lungs are found on a grid of about this pixel size, mm (their outline needs no finer).
+LUNG_GRID_MM = 3.0
 #: Lung on the line from the body centre beyond which a voxel is chest wall, mm.
 LUNG_CROSSED_MM = 5.0
+#: In lung: lung within this distance, mm ...
+SURROUND_MM = 15.0
+#: ... in at least this many of :data:`DIRECTIONS` in-plane directions.
+SURROUNDED_DIRECTIONS = 14
+DIRECTIONS = 16
+#: The lungs' range: the slices from the lowest to the highest whose lung area is at least
+#: this fraction of the largest slice's.
+LUNG_RANGE_FRACTION = 0.25
+#: Lungs whose largest slice is under this area, mm^2, are not a chest in view (foam or gas
+#: pockets of a phantom): no voxel is outside their range.
+MIN_LUNG_SLICE_MM2 = 5000.0
+
+Points = tuple[npt.NDArray[np.intp], ...]
+
+
+@dataclass(frozen=True)
+class Thorax:
+    """The body and lungs of a study on every ``step``-th row and column."""
+
+    body: npt.NDArray[np.bool_]
+    lungs: npt.NDArray[np.bool_]
+    step: int
+    spacing_mm: tuple[float, float, float]
+
+    @classmethod
+    def find(cls, hu: npt.NDArray[np.integer], spacing_mm: tuple[float, float, float],
+             ) -> Thorax:
+        step = max(1, int(LUNG_GRID_MM / float(spacing_mm[1])))
+        body, lungs = body_and_lungs(hu, step)
+        return cls(body, lungs, step, spacing_mm)
+
+    @property
+    def pixel_mm(self) -> float:
+        return float(self.spacing_mm[1]) * self.step
+
+    def beyond_lungs(self, points: Points) -> npt.NDArray[np.bool_]:
+        """Whether the straight line from each point's slice centre (of body and lungs) to it
+        crosses at least :data:`LUNG_CROSSED_MM` of lung."""
+        z, r, c = (np.asarray(p) for p in points)
+        out = np.zeros(z.shape, dtype=bool)
+        for index in np.unique(z):
+            here = np.nonzero(z == index)[0]
+            crossed = _lung_crossed(self.body[index], self.lungs[index],
+                                    r[here] / self.step, c[here] / self.step)
+            out[here] = crossed * self.pixel_mm >= LUNG_CROSSED_MM
+        return out
+
+    def in_lung(self, points: Points) -> npt.NDArray[np.bool_]:
+        """Whether lung lies within :data:`SURROUND_MM` of each point in at least
+        :data:`SURROUNDED_DIRECTIONS` of :data:`DIRECTIONS` in-plane directions."""
+        z, r, c = (np.asarray(p) for p in points)
+        if not z.size:
+            return np.zeros(0, dtype=bool)
+        angles = np.arange(DIRECTIONS) * (2 * np.pi / DIRECTIONS)
+        reach = SURROUND_MM / self.pixel_mm
+        t = np.linspace(0.0, reach, int(np.ceil(reach)) + 1)
+        _, rows, cols = self.lungs.shape
+        rr = r[:, None, None] / self.step + np.sin(angles)[None, :, None] * t
+        cc = c[:, None, None] / self.step + np.cos(angles)[None, :, None] * t
+        rr = np.rint(rr).astype(np.intp).clip(0, rows - 1)
+        cc = np.rint(cc).astype(np.intp).clip(0, cols - 1)
+        hits = self.lungs[z[:, None, None], rr, cc].any(axis=2).sum(axis=1)
+        return np.asarray(hits >= SURROUNDED_DIRECTIONS)
+
+    def lung_range(self) -> tuple[int, int] | None:
+        """First and last slice of the lungs' range (see :data:`LUNG_RANGE_FRACTION`), or
+        None where no lungs are in view."""
+        area = self.lungs.sum(axis=(1, 2)) * self.pixel_mm**2
+        if not area.size or area.max() < MIN_LUNG_SLICE_MM2:
+            return None
+        large = np.flatnonzero(area >= LUNG_RANGE_FRACTION * area.max())
+        return int(large[0]), int(large[-1])
+
+    def outside_lung_range(self, points: Points) -> npt.NDArray[np.bool_]:
+        """Whether each point's slice lies below or above the lungs' range."""
+        z = np.asarray(points[0])
+        extent = self.lung_range()
+        if extent is None:
+            return np.zeros(z.shape, dtype=bool)
+        return np.asarray((z < extent[0]) | (z > extent[1]))
+
+    def not_coronary(self, points: Points) -> npt.NDArray[np.bool_]:
+        """Whether each point lies where coronary calcium cannot: beyond the lungs, in
+        lung, or outside the lungs' range."""
+        z = np.asarray(points[0])
+        if not z.size:
+            return np.zeros(0, dtype=bool)
+        return self.outside_lung_range(points) | self.beyond_lungs(points) | self.in_lung(points)
 
 
 def lung_mask(hu: npt.NDArray[np.integer], step: int = 1) -> npt.NDArray[np.bool_]:
-    """The lungs, on every ``step``-th row and column (see :func:`_body_and_lungs`)."""
-    return _body_and_lungs(hu, step)[1]
+    """The lungs, on every ``step``-th row and column (see :func:`body_and_lungs`)."""
+    return body_and_lungs(hu, step)[1]
 
 
-def _body_and_lungs(hu: npt.NDArray[np.integer], step: int,
-                    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+def body_and_lungs(hu: npt.NDArray[np.integer], step: int,
+                   ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """The body and the lungs, on every ``step``-th row and column. The body is each
-    slice's largest region above :data:`BODY_HU`. The lungs are the air inside it (held in
-    non-body regions that do not reach the image border, so not the air around the patient
-    or in the table's slots), in 3-D regions of at least :data:`LUNG_FRACTION` of the
-    largest one's volume (so that bowel and stomach gas below the diaphragm are not lung)."""
+    slice's largest region above :data:`BODY_HU`. The lungs are the air inside it: in holes
+    of the body that do not reach the image border or lie almost wholly inside the body's
+    outline (so not the air around the patient or in the table's slots), in 3-D
+    regions of at least :data:`LUNG_FRACTION` of the largest one's volume (so that bowel and
+    stomach gas are not lung)."""
     from scipy import ndimage
 
     image = hu[:, ::step, ::step]
@@ -47,9 +154,15 @@ def _body_and_lungs(hu: npt.NDArray[np.integer], step: int,
         if not count:
             continue
         body[z] = regions == np.argmax(np.bincount(regions.ravel())[1:]) + 1
-        holes, _ = ndimage.label(~body[z])
+        holes, number = ndimage.label(~body[z])
+        inside = np.ones(number + 1, dtype=bool)
+        inside[0] = False
         border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
-        air[z] = (image[z] < LUNG_HU) & ~np.isin(holes, border)
+        border = border[border > 0]
+        inside[border] = False
+        if border.size and _touches_border(body[z]):  # else no lung can reach the border
+            inside[border] = _inside_outline(body[z], holes, border) >= ENCLOSED_FRACTION
+        air[z] = (image[z] < LUNG_HU) & inside[holes]
     regions, count = ndimage.label(air)
     if not count:
         return body, air
@@ -58,24 +171,25 @@ def _body_and_lungs(hu: npt.NDArray[np.integer], step: int,
     return body, np.asarray((sizes >= LUNG_FRACTION * sizes.max())[regions])
 
 
-def beyond_lungs(hu: npt.NDArray[np.integer], spacing_mm: tuple[float, float, float],
-                 points: tuple[npt.NDArray[np.intp], ...]) -> npt.NDArray[np.bool_]:
-    """For voxels ``points`` (z, row, col arrays) of ``hu``: whether a lung lies between
-    each and the mediastinum, that is, whether the straight line from its slice's body centre
-    to it crosses at least :data:`LUNG_CROSSED_MM` of lung (ribs, costal cartilage, the
-    chest wall). Where no lungs are in view nothing is beyond them."""
-    z, r, c = (np.asarray(p) for p in points)
-    out = np.zeros(z.shape, dtype=bool)
-    if not z.size:
-        return out
-    step = 2 if min(hu.shape[1:]) >= 256 else 1  # the lungs' outline needs no finer grid
-    body, lungs = _body_and_lungs(hu, step)
-    pixel_mm = float(spacing_mm[1]) * step
-    for index in np.unique(z):
-        here = np.nonzero(z == index)[0]
-        crossed = _lung_crossed(body[index], lungs[index], r[here] / step, c[here] / step)
-        out[here] = crossed * pixel_mm >= LUNG_CROSSED_MM
-    return out
+def _inside_outline(body: npt.NDArray[np.bool_], holes: npt.NDArray[np.int32],
+                    numbers: npt.NDArray[np.int32]) -> npt.NDArray[np.float64]:
+    """For each hole ``numbers`` of ``holes``: the fraction of its pixels inside the body's
+    outline, that is, with body on both sides of them in their row or in their column (a
+    lung cut by the image's side still has the chest wall in front of and behind it; the air
+    around the patient has body on one side only)."""
+    def between(axis: int) -> npt.NDArray[np.bool_]:
+        before = np.logical_or.accumulate(body, axis=axis)
+        after = np.flip(np.logical_or.accumulate(np.flip(body, axis), axis=axis), axis)
+        return np.asarray(before & after)
+
+    inside = between(0) | between(1)
+    total = np.bincount(holes.ravel(), minlength=holes.max() + 1)
+    enclosed = np.bincount(holes.ravel(), weights=inside.ravel(), minlength=holes.max() + 1)
+    return np.asarray(enclosed[numbers] / np.maximum(total[numbers], 1))
+
+
+def _touches_border(mask: npt.NDArray[np.bool_]) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
 
 
 def _lung_crossed(body: npt.NDArray[np.bool_], lungs: npt.NDArray[np.bool_],
