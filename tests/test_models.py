@@ -36,6 +36,27 @@ def test_unet_shapes_and_paper_configuration():
     assert float(first.abs().max()) <= bound and float(first.std()) > bound / 4
 
 
+def test_folding_batch_norm_keeps_the_logits_and_drops_the_norm_layers():
+    from calcpipe.models.unet import fold_batch_norm
+
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base=4, context=1, convs_per_block=2))
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        # trained statistics and affine terms, not the identity a fresh layer has
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        norm.weight.data.uniform_(0.5, 2)
+        norm.bias.data.uniform_(-1, 1)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batch_norm(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        before = model.eval()(x)
+        after = fold_batch_norm(model)(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
 def test_hu_transform_is_fixed_per_voxel():
     a = np.array([[-2000, 0, 130, 3000]])
     b = np.array([[-2000, 0, 130, 0]])

@@ -89,7 +89,7 @@ class UNetSegmenter:
                  thorax_rules: bool = True, whole_lesions: bool = True) -> None:
         import torch
 
-        from calcpipe.models.unet import UNet, UNetConfig
+        from calcpipe.models.unet import UNet, UNetConfig, fold_batch_norm
 
         payload = checkpoint.payload
         self.model_id = checkpoint.model_id
@@ -106,7 +106,7 @@ class UNetSegmenter:
             torch.set_num_threads(threads)
         model = UNet(self.config)
         model.load_state_dict(payload["state_dict"])
-        model.eval()
+        fold_batch_norm(model.eval())
         self.model = model.to(self.device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @classmethod
@@ -272,11 +272,21 @@ def _regions_holding_labels(candidates: npt.NDArray[np.bool_], labels: npt.NDArr
 
 def oversized_regions(candidates: npt.NDArray[np.bool_], spacing_mm: tuple[float, float, float],
                       max_mm3: float) -> npt.NDArray[np.bool_]:
-    """Voxels of the 26-connected regions of ``candidates`` larger than ``max_mm3``."""
+    """Voxels of the 26-connected regions of ``candidates`` larger than ``max_mm3``.
+
+    Labels only the candidates' bounding box and reads region numbers at the candidates
+    alone (a few per cent of the voxels): half the time of whole-volume passes."""
     from scipy import ndimage
 
-    regions, _ = ndimage.label(candidates, structure=np.ones((3, 3, 3), dtype=bool))
-    sizes = np.bincount(regions.ravel()) * float(np.prod(spacing_mm))
-    oversized = sizes > max_mm3
-    oversized[0] = False
-    return np.asarray(oversized[regions])
+    out = np.zeros(candidates.shape, dtype=bool)
+    flat = np.flatnonzero(candidates)
+    if not flat.size:
+        return out
+    at = np.unravel_index(flat, candidates.shape)
+    first = [int(a.min()) for a in at]
+    box = tuple(slice(f, int(a.max()) + 1) for f, a in zip(first, at, strict=True))
+    regions, _ = ndimage.label(candidates[box], structure=np.ones((3, 3, 3), dtype=bool))
+    number = regions[tuple(a - f for a, f in zip(at, first, strict=True))]
+    oversized = np.bincount(number) * float(np.prod(spacing_mm)) > max_mm3
+    out.ravel()[flat[oversized[number]]] = True
+    return out

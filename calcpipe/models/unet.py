@@ -80,3 +80,22 @@ class UNet(nn.Module):
             x = decoder(torch.cat([up(x), skip], dim=1))
         out: torch.Tensor = self.head(x)
         return out
+
+
+def fold_batch_norm(model: UNet) -> UNet:
+    """Fold each eval-mode batch norm into the convolution before it, in place: inference
+    then runs one operation where it ran two (the same logits to float rounding). For
+    inference only: the folded network no longer trains as the paper's."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("fold_batch_norm needs a model in eval mode")
+    for block in model.modules():
+        if not isinstance(block, nn.Sequential):
+            continue
+        for i in range(len(block) - 1):
+            conv, norm = block[i], block[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                block[i] = fuse_conv_bn_eval(conv, norm)
+                block[i + 1] = nn.Identity()
+    return model
