@@ -10,6 +10,7 @@ their mean.
 
     python bench/probe_worker_profiler.py --pairs 3 --profiler on
     python bench/probe_worker_profiler.py --pairs 3 --profiler off
+    python bench/probe_worker_profiler.py --pairs 3 --in-flights 1 2 4
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--profiler", choices=("on", "off"), default="off")
+    parser.add_argument("--in-flights", type=int, nargs="+", default=[1, 4],
+                        help="studies outstanding in the worker, each compared")
     args = parser.parse_args()
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = "1"
@@ -42,7 +45,7 @@ def main() -> None:
         params = ScoreParams(source=str(cohort), out=str(Path(tmp) / "out"), workers=1,
                              torch_threads=1,
                              cluster_options={"profiler": args.profiler == "on"})
-        ratios = bp.worker_block_ratios(params, (1, 4), args.pairs)
+        ratios = bp.worker_block_ratios(params, tuple(args.in_flights), args.pairs)
     for in_flight, values in ratios.items():
         print(f"profiler {args.profiler}, in_flight {in_flight}: worker/plain mean "
               f"{statistics.mean(values):.3f} (pairs: "
