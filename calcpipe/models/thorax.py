@@ -125,9 +125,6 @@ class Thorax:
     def not_coronary(self, points: Points) -> npt.NDArray[np.bool_]:
         """Whether each point lies where coronary calcium cannot: beyond the lungs, in
         lung, or outside the lungs' range."""
-        z = np.asarray(points[0])
-        if not z.size:
-            return np.zeros(0, dtype=bool)
         return self.outside_lung_range(points) | self.beyond_lungs(points) | self.in_lung(points)
 
 
@@ -157,10 +154,10 @@ def body_and_lungs(hu: npt.NDArray[np.integer], step: int,
         holes, number = ndimage.label(~body[z])
         inside = np.ones(number + 1, dtype=bool)
         inside[0] = False
-        border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
-        border = border[border > 0]
+        edge = np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])
+        border = np.unique(edge[edge > 0])
         inside[border] = False
-        if border.size and _touches_border(body[z]):  # else no lung can reach the border
+        if border.size and (edge == 0).any():  # body at the border: a lung may reach it too
             inside[border] = _inside_outline(body[z], holes, border) >= ENCLOSED_FRACTION
         air[z] = (image[z] < LUNG_HU) & inside[holes]
     regions, count = ndimage.label(air)
@@ -186,10 +183,6 @@ def _inside_outline(body: npt.NDArray[np.bool_], holes: npt.NDArray[np.int32],
     total = np.bincount(holes.ravel(), minlength=holes.max() + 1)
     enclosed = np.bincount(holes.ravel(), weights=inside.ravel(), minlength=holes.max() + 1)
     return np.asarray(enclosed[numbers] / np.maximum(total[numbers], 1))
-
-
-def _touches_border(mask: npt.NDArray[np.bool_]) -> bool:
-    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
 
 
 def _lung_crossed(body: npt.NDArray[np.bool_], lungs: npt.NDArray[np.bool_],
