@@ -21,7 +21,7 @@ import torch
 
 from calcpipe.dicom import load_volume
 from calcpipe.models.accuracy import AccuracyReport, format_summary
-from calcpipe.models.segment import CORONARY_VALUES, UNetSegmenter
+from calcpipe.models.segment import AORTIC_VALUES, CORONARY_VALUES, UNetSegmenter
 from calcpipe.models.thorax import Thorax
 from calcpipe.scoring import score
 from calcpipe.synthetic import render_study, sample_spec
@@ -41,14 +41,19 @@ def _render(index: int) -> tuple[np.ndarray, np.ndarray, tuple[float, float, flo
 
 def _thorax_rules_on_truth(hu: np.ndarray, truth: np.ndarray,
                            spacing: tuple[float, float, float]) -> dict[str, int]:
-    """How many true coronary voxels each thorax rule would remove (each should be 0)."""
+    """How many true coronary and aortic voxels each thorax rule would remove (each should
+    be 0), and how many aortic ones lie beyond the lungs (the chest-wall rule's margin)."""
     points = np.nonzero(np.isin(truth, CORONARY_VALUES))
+    aortic = np.nonzero(np.isin(truth, AORTIC_VALUES))
     thorax = Thorax.find(hu, spacing)
     return {"coronary voxels": int(points[0].size),
             "lungs in view": int(thorax.lung_range() is not None),
             "beyond lungs": int(thorax.beyond_lungs(points).sum()),
             "in lung": int(thorax.in_lung(points).sum()),
-            "outside the lungs' range": int(thorax.outside_lung_range(points).sum())}
+            "outside the lungs' range": int(thorax.outside_lung_range(points).sum()),
+            "aortic voxels": int(aortic[0].size),
+            "aortic beyond lungs": int(thorax.beyond_lungs(aortic).sum()),
+            "aortic chest wall": int(thorax.chest_wall(aortic).sum())}
 
 
 def main() -> int:
@@ -69,7 +74,9 @@ def main() -> int:
     print(f"thorax rules on the true coronary voxels (lungs in view in {rules['lungs in view']} "
           f"of {args.studies} studies): of {rules['coronary voxels']:,}, "
           + ", ".join(f"{name} {rules[name]:,}" for name in
-                      ("beyond lungs", "in lung", "outside the lungs' range")))
+                      ("beyond lungs", "in lung", "outside the lungs' range"))
+          + f"; of {rules['aortic voxels']:,} true aortic voxels, {rules['aortic beyond lungs']:,}"
+          f" beyond the lungs, chest wall {rules['aortic chest wall']:,}")
     torch.set_num_threads(2)
     chest = SHARED / "chest_ct_lung_pet_ct_dx" / "study_A0002" / "series_B40f"
     qrm = SHARED / "qrm_phantom_canon"
@@ -79,13 +86,15 @@ def main() -> int:
     volume = load_volume(chest)
     kvp = volume.metadata.kvp or 120
     labels = segmenter.segment(volume.hu, volume.spacing_mm, kvp=kvp)
-    cac = score(volume.hu, labels.labels, volume.spacing_mm).row("CAC").agatston
+    scores = score(volume.hu, labels.labels, volume.spacing_mm)
     unruled = UNetSegmenter.load("default", thorax_rules=False).segment(
         volume.hu, volume.spacing_mm, kvp=kvp)
-    before = score(volume.hu, unruled.labels, volume.spacing_mm).row("CAC").agatston
+    before = score(volume.hu, unruled.labels, volume.spacing_mm)
+    cac = scores.row("CAC").agatston
     print(f"real chest CT (no visible coronary calcium): CAC {cac:.1f} AU "
           f"(target <= 10: {'met' if cac <= 10 else 'MISSED'}; without the thorax rules "
-          f"{before:.1f} AU)")
+          f"{before.row('CAC').agatston:.1f} AU); AC {scores.row('AC').agatston:.1f} AU "
+          f"(without the thorax rules {before.row('AC').agatston:.1f} AU)")
     volume = load_volume(qrm / "dicom")
     labels = segmenter.segment(volume.hu, volume.spacing_mm, kvp=120).labels
     inserts = insert_labels(qrm / "inserts.csv", volume.hu.shape, volume.spacing_mm)[0] > 0

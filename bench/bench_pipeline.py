@@ -38,6 +38,7 @@ REPEATS rounds with its 95 % interval, since each round is again one pair of pro
 
 from __future__ import annotations
 
+import argparse
 import math
 import multiprocessing
 import os
@@ -59,6 +60,13 @@ PAIR_STUDIES = 8  # studies in a block (each pair runs each block twice)
 
 
 def main() -> None:
+    global REPEATS, PAIR_TRIALS
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="rounds of the three runs")
+    parser.add_argument("--pairs", type=int, default=PAIR_TRIALS,
+                        help="fresh pairs of processes for the study-work ratio")
+    args = parser.parse_args()
+    REPEATS, PAIR_TRIALS = args.repeats, args.pairs
     # single-threaded like each worker (the nanny sets these there): a fair baseline
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = "1"

@@ -362,26 +362,48 @@ def test_thorax_rules_exclude_chest_wall_lung_and_abdomen_not_the_mediastinum():
     assert thorax.in_lung(_POINTS).tolist() == [False, False, False, False, True, False, False]
     assert thorax.outside_lung_range(_POINTS).tolist() == [False] * 5 + [True, True]
     assert thorax.not_coronary(_POINTS).tolist() == [True, True, False, False, True, True, True]
+    # aortic labels: the ribs (12 and 14 mm deep), not the node in the lung (40 mm deep)
+    assert thorax.depth_mm(_POINTS)[[0, 1]].max() < 15 < 35 < thorax.depth_mm(_POINTS)[4]
+    assert thorax.chest_wall(_POINTS).tolist() == [True, True] + [False] * 5
     # no lungs in view (a phantom): nothing is excluded
     assert not Thorax.find(_thorax(lungs=False), (3.0, 2.0, 2.0)).not_coronary(_POINTS).any()
 
 
-def test_thorax_rules_keep_every_synthetic_coronary_voxel():
-    """The rules remove coronary labels only: over 100 held-out synthetic studies at 512^2
-    they removed none of 79,065 true coronary voxels (bench/bench_accuracy.py prints it);
-    here 3 small studies, every true coronary voxel, with the lungs in view."""
-    from calcpipe.models.segment import CORONARY_VALUES
+def test_thorax_rules_keep_every_synthetic_coronary_and_aortic_voxel():
+    """Over 100 held-out synthetic studies at 512^2 the rules removed none of 79,065 true
+    coronary voxels and none of 14,250 true aortic ones, 2,001 of which lie beyond the lungs
+    (the descending aorta; bench/bench_accuracy.py prints it). Here 3 small studies with
+    aortic calcium beyond the lungs, every true coronary and aortic voxel."""
+    from calcpipe.models.segment import AORTIC_VALUES, CORONARY_VALUES, misplaced
     from calcpipe.models.thorax import Thorax
 
-    checked = 0
-    for index in range(3):
+    coronary = beyond = 0
+    for index in (1, 5, 7):
         rendered = render_study(sample_spec(9001, index, matrix=128))
-        points = np.nonzero(np.isin(rendered.labels, CORONARY_VALUES))
-        checked += points[0].size
         thorax = Thorax.find(rendered.hu, rendered.spacing_mm)
         assert thorax.lung_range() is not None
+        points = np.nonzero(np.isin(rendered.labels, CORONARY_VALUES))
+        coronary += points[0].size
         assert not thorax.not_coronary(points).any()
-    assert checked > 0
+        points = np.nonzero(np.isin(rendered.labels, AORTIC_VALUES))
+        beyond += int(thorax.beyond_lungs(points).sum())
+        assert not thorax.chest_wall(points).any()
+        labelled = np.nonzero(rendered.labels)
+        assert not misplaced(rendered.labels[labelled], labelled, thorax).any()
+    assert coronary > 0 and beyond > 0
+
+
+def test_each_class_gets_its_own_thorax_rule():
+    """Coronary labels: all three rules; aortic (TAC, AVC): the chest wall only; the mitral
+    annulus: none."""
+    from calcpipe.models.segment import misplaced
+    from calcpipe.models.thorax import Thorax
+
+    thorax = Thorax.find(_thorax(), (3.0, 2.0, 2.0))
+    values = np.array([5, 2, 5, 2, 5, 6, 7], dtype=np.uint8)  # TAC, LAD, ..., AVC, MAC
+    assert misplaced(values, _POINTS, thorax).tolist() == [True, True] + [False] * 5
+    values = np.full(7, 2, dtype=np.uint8)
+    assert misplaced(values, _POINTS, thorax).tolist() == thorax.not_coronary(_POINTS).tolist()
 
 
 @pytest.mark.parametrize(("setting", "huge"), [(None, True), ("0", False)])

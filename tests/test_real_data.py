@@ -150,18 +150,21 @@ def test_thorax_rules_remove_chest_wall_hilar_and_abdominal_labels_on_the_real_c
     and bowel contents of the real chest CT (no visible coronary calcium) as coronary
     calcium; the thorax rules remove them (871 -> 21 AU when measured): nothing coronary
     is left in the abdomen below the lungs' range (slices 0-3) or in the hila (slice 16).
-    What remains is costal cartilage of the upper abdomen (slice 5)."""
+    What remains is costal cartilage of the upper abdomen (slice 5). Ribs labelled aortic
+    calcium lose their labels too (AC 2,373 -> 43 AU when measured)."""
     from calcpipe.models.segment import CORONARY_VALUES, UNetSegmenter
     from calcpipe.scoring import score
 
     volume = load_volume(shared_data / "chest_ct_lung_pet_ct_dx" / "study_A0002" / "series_B40f")
-    cac, coronary = {}, {}
+    cac, ac, coronary = {}, {}, {}
     for rules in (False, True):
         segmenter = UNetSegmenter.load("default", threads=2, thorax_rules=rules)
         labels = segmenter.segment(volume.hu, volume.spacing_mm, kvp=120.0).labels
-        cac[rules] = score(volume.hu, labels, volume.spacing_mm).row("CAC").agatston
+        scores = score(volume.hu, labels, volume.spacing_mm)
+        cac[rules], ac[rules] = scores.row("CAC").agatston, scores.row("AC").agatston
         coronary[rules] = np.isin(labels, CORONARY_VALUES)
     assert cac[False] > 300 and cac[True] < 30
+    assert ac[False] > 1000 and ac[True] < 100
     assert coronary[False][[0, 3, 16]].any(axis=(1, 2)).all()
     assert not coronary[True][:4].any() and not coronary[True][16].any()
 

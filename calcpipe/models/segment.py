@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from calcpipe.labels import CORONARY, LABEL_NAMES
+from calcpipe.labels import CORONARY, GROUPS, LABEL_NAMES
 from calcpipe.scoring import get_profile
 
 #: Largest 3-D connected region at or above the threshold (26-connected) whose voxels may
@@ -35,6 +35,7 @@ LESION_MAJORITY = 0.5
 
 #: Label values of the coronary classes (the thorax rules apply to these).
 CORONARY_VALUES = tuple(v for v, name in LABEL_NAMES.items() if name in CORONARY)
+AORTIC_VALUES = tuple(v for v, name in LABEL_NAMES.items() if name in GROUPS["AC"])
 
 #: Studies one GPU worker processes at once (threads sharing one network): while one study's
 #: DICOM is decoded and scored on the CPU, another's runs on the GPU (bench/gpu_pipeline.py).
@@ -168,18 +169,29 @@ class UNetSegmenter:
             kept = labels.flat[at] > 0  # voxels it labelled have no network top-class
             at = np.concatenate([at[kept], added])
             tops = np.concatenate([tops[kept], np.full(added.size, np.nan, np.float32)])
-        coronary = np.flatnonzero(np.isin(labels.flat[at], CORONARY_VALUES))
-        if self.thorax_rules and coronary.size:
-            # coronary labels where the lungs show no heart can be: the chest wall, the
-            # hila and lungs, the upper abdomen
-            points = np.unravel_index(at[coronary], hu.shape)
-            dropped = coronary[Thorax.find(hu, spacing_mm).not_coronary(points)]
+        if self.thorax_rules and at.size:
+            dropped = np.flatnonzero(misplaced(labels.flat[at], np.unravel_index(at, hu.shape),
+                                               Thorax.find(hu, spacing_mm)))
             labels.flat[at[dropped]] = 0
             tops = np.delete(tops, dropped)
         tops = tops[~np.isnan(tops)]  # the network's own calcium decisions
         confidence = float(tops.astype(np.float64).mean()) if tops.size else None
         return Segmentation(labels, confidence, self.model_id, self.model_checksum,
                             self.device.type, self.precision)
+
+
+def misplaced(values: npt.NDArray[np.uint8], points: tuple[npt.NDArray[np.intp], ...],
+              thorax: Any) -> npt.NDArray[np.bool_]:
+    """Which labelled voxels (label ``values`` at ``points``) lie where their class cannot,
+    by the lungs (:class:`calcpipe.models.thorax.Thorax`): coronary labels where no heart
+    can be (chest wall, hila and lungs, upper abdomen), aortic labels in the chest wall."""
+    out = np.zeros(values.shape, dtype=bool)
+    for members, rule in ((CORONARY_VALUES, thorax.not_coronary),
+                          (AORTIC_VALUES, thorax.chest_wall)):
+        these = np.flatnonzero(np.isin(values, members))
+        if these.size:
+            out[these] = rule(tuple(p[these] for p in points))
+    return out
 
 
 def sample_labels(logits: Any, z: npt.NDArray[np.intp], rows: npt.NDArray[np.float64],

@@ -49,6 +49,9 @@ DIRECTIONS = 16
 #: The lungs' range: the slices from the lowest to the highest whose lung area is at least
 #: this fraction of the largest slice's.
 LUNG_RANGE_FRACTION = 0.25
+#: Aortic labels beyond the lungs and within this distance of the body's outline (in the
+#: slice) are chest wall, mm.
+CHEST_WALL_DEPTH_MM = 30.0
 #: Lungs whose largest slice is under this area, mm^2, are not a chest in view (foam or gas
 #: pockets of a phantom): no voxel is outside their range.
 MIN_LUNG_SLICE_MM2 = 5000.0
@@ -121,6 +124,33 @@ class Thorax:
         if extent is None:
             return np.zeros(z.shape, dtype=bool)
         return np.asarray((z < extent[0]) | (z > extent[1]))
+
+    def depth_mm(self, points: Points) -> npt.NDArray[np.float64]:
+        """In-plane distance of each point from the outside of the body's outline (body and
+        lungs with their holes filled), mm. Where the body reaches the image border the
+        border is not outside: the depth there is at least the distance to other outside."""
+        from scipy import ndimage
+
+        z, r, c = (np.asarray(p) for p in points)
+        out = np.zeros(z.shape)
+        _, rows, cols = self.body.shape
+        for index in np.unique(z):
+            here = np.nonzero(z == index)[0]
+            outline = ndimage.binary_fill_holes(self.body[index] | self.lungs[index])
+            depth = ndimage.distance_transform_edt(outline)
+            rr = np.rint(r[here] / self.step).astype(np.intp).clip(0, rows - 1)
+            cc = np.rint(c[here] / self.step).astype(np.intp).clip(0, cols - 1)
+            out[here] = depth[rr, cc] * self.pixel_mm
+        return out
+
+    def chest_wall(self, points: Points) -> npt.NDArray[np.bool_]:
+        """Whether each point lies beyond the lungs and within :data:`CHEST_WALL_DEPTH_MM`
+        of the body's outline: the rule for aortic labels."""
+        out = self.beyond_lungs(points)
+        if out.any():  # depth only where it can matter
+            beyond = tuple(np.asarray(p)[out] for p in points)
+            out[out] = self.depth_mm(beyond) <= CHEST_WALL_DEPTH_MM
+        return out
 
     def not_coronary(self, points: Points) -> npt.NDArray[np.bool_]:
         """Whether each point lies where coronary calcium cannot: beyond the lungs, in
