@@ -55,7 +55,7 @@ N_STUDIES = 16
 MATRIX = 128
 SHARD = 8
 REPEATS = 8  # rounds; each is a fresh pair (flow worker, single process) for the direct ratio
-PAIR_TRIALS = 6  # fresh pairs of processes for the paired study-work ratio
+PAIR_TRIALS = 12  # fresh pairs of processes for the paired study-work ratio
 PAIR_STUDIES = 8  # studies in a block (each pair runs each block twice)
 
 

@@ -142,10 +142,14 @@ def test_workers_everywhere_start_with_calcpipes_malloc_and_profiler_settings(da
         assert dask.config.get("distributed.worker.profile.enabled") is False
     with tuned_workers(profiler=True):  # cluster_options={"profiler": true}
         assert dask.config.get("distributed.worker.profile.enabled") is True
+    with tuned_workers():
+        assert dask.config.get("distributed.admin.tick.interval") == "1s"
     assert WORKER_ENV["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] == "False"
+    assert WORKER_ENV["DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL"] == "1s"
     for dockerfile in INFRA.glob("docker/Dockerfile*"):
         assert f"{name}='{value}'" in dockerfile.read_text(), dockerfile
         assert "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in dockerfile.read_text()
+        assert "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=1s" in dockerfile.read_text()
 
 
 def test_cluster_kinds_validate_and_missing_back_ends_fail_clearly(tmp_path):
