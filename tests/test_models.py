@@ -365,6 +365,12 @@ def test_thorax_rules_exclude_chest_wall_lung_and_abdomen_not_the_mediastinum():
     # aortic labels: the ribs (12 and 14 mm deep), not the node in the lung (40 mm deep)
     assert thorax.depth_mm(_POINTS)[[0, 1]].max() < 15 < 35 < thorax.depth_mm(_POINTS)[4]
     assert thorax.chest_wall(_POINTS).tolist() == [True, True] + [False] * 5
+    # a field of view inside the body: no outline in view, so no chest wall by depth
+    inside = _thorax()
+    inside[inside == -1000] = 40
+    thorax = Thorax.find(inside, (3.0, 2.0, 2.0))
+    assert thorax.beyond_lungs(_POINTS)[:2].all()
+    assert np.isinf(thorax.depth_mm(_POINTS)).all() and not thorax.chest_wall(_POINTS).any()
     # no lungs in view (a phantom): nothing is excluded
     assert not Thorax.find(_thorax(lungs=False), (3.0, 2.0, 2.0)).not_coronary(_POINTS).any()
 

@@ -33,8 +33,9 @@ MAX_CALCIUM_REGION_MM3 = 5000.0
 #: :func:`label_whole_lesions`).
 LESION_MAJORITY = 0.5
 
-#: Label values of the coronary classes (the thorax rules apply to these).
+#: Label values of the coronary classes (the three coronary thorax rules apply to these).
 CORONARY_VALUES = tuple(v for v, name in LABEL_NAMES.items() if name in CORONARY)
+#: Label values of the aortic classes (the chest-wall rule applies to these).
 AORTIC_VALUES = tuple(v for v, name in LABEL_NAMES.items() if name in GROUPS["AC"])
 
 #: Studies one GPU worker processes at once (threads sharing one network): while one study's

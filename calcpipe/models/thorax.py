@@ -128,7 +128,8 @@ class Thorax:
     def depth_mm(self, points: Points) -> npt.NDArray[np.float64]:
         """In-plane distance of each point from the outside of the body's outline (body and
         lungs with their holes filled), mm. Where the body reaches the image border the
-        border is not outside: the depth there is at least the distance to other outside."""
+        border is not outside: the depth there is at least the distance to other outside,
+        and infinite in a slice with no outside in view."""
         from scipy import ndimage
 
         z, r, c = (np.asarray(p) for p in points)
@@ -137,6 +138,9 @@ class Thorax:
         for index in np.unique(z):
             here = np.nonzero(z == index)[0]
             outline = ndimage.binary_fill_holes(self.body[index] | self.lungs[index])
+            if outline.all():  # (scipy would measure from a point beside the first row)
+                out[here] = np.inf
+                continue
             depth = ndimage.distance_transform_edt(outline)
             rr = np.rint(r[here] / self.step).astype(np.intp).clip(0, rows - 1)
             cc = np.rint(c[here] / self.step).astype(np.intp).clip(0, cols - 1)
