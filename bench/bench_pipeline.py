@@ -203,19 +203,9 @@ def worker_block_ratios(params: Any, in_flights: tuple[int, ...], pairs: int,
     studies as a block, back to back (as a flow run does), every block twice, the second
     time in reverse order of kinds. Study by study in alternation, a worker does not show a
     cost that it shows back to back (Dask's profiler: docs/scale.md)."""
-    from calcpipe.flows.cluster import (
-        SegmenterPlugin,
-        cluster_client,
-        score_on_worker,
-        torch_threads,
-    )
-    from calcpipe.flows.score_cohort import in_flight_window
+    from calcpipe.flows.cluster import SegmenterPlugin, cluster_client, torch_threads
 
-    from calcpipe.pipeline.run import Run, in_process
-
-    run = Run(params, None)
-    run.index(in_process)
-    studies = [i for shard in run.plan(in_process) for i in run.shard_items(shard)]
+    run, studies = planned_run(params)
     studies = studies[:PAIR_STUDIES]
     spec = (params.model, params.device, params.precision, torch_threads(params))
     ratios: dict[int, list[float]] = {n: [] for n in in_flights}
@@ -230,12 +220,7 @@ def worker_block_ratios(params: Any, in_flights: tuple[int, ...], pairs: int,
                     outcomes = [plain.submit(_score_plain, item, run.provenance,
                                              run.store.root).result() for item in items]
                 else:
-                    def submit(item: Any) -> Any:
-                        return client.submit(score_on_worker, item, run.provenance,
-                                             run.store.root, None, None, False, pure=False)
-
-                    outcomes = [future.result() for _, future in  # as the flow submits
-                                in_flight_window(client, items, submit, in_flight)]
+                    outcomes = on_worker(client, run, items, in_flight)
                 assert all(o.failure is None for o in outcomes), outcomes
                 return [float(o.seconds) for o in outcomes]
 
@@ -249,6 +234,28 @@ def worker_block_ratios(params: Any, in_flights: tuple[int, ...], pairs: int,
                 ratios[n].append(statistics.median(seconds[n]) / base)
     run.remove_scratch()
     return ratios
+
+
+def planned_run(params: Any) -> tuple[Any, list[Any]]:
+    """A run of ``params``, indexed and planned in this process, and its study items."""
+    from calcpipe.pipeline.run import Run, in_process
+
+    run = Run(params, None)
+    run.index(in_process)
+    return run, [i for shard in run.plan(in_process) for i in run.shard_items(shard)]
+
+
+def on_worker(client: Any, run: Any, items: list[Any], in_flight: int) -> list[Any]:
+    """The outcomes of scoring ``items`` on the client's workers, with ``in_flight``
+    studies outstanding, submitted as the flow submits them."""
+    from calcpipe.flows.cluster import score_on_worker
+    from calcpipe.flows.score_cohort import in_flight_window
+
+    def submit(item: Any) -> Any:
+        return client.submit(score_on_worker, item, run.provenance, run.store.root,
+                             None, None, False, pure=False)
+
+    return [future.result() for _, future in in_flight_window(client, items, submit, in_flight)]
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 STUDIES = 16
 
@@ -37,31 +40,17 @@ def _thread_cpu() -> dict[str, float]:
 
 def measure(params: Any) -> tuple[float, float, float, float]:
     """Wall seconds, study work, event-loop CPU and other threads' CPU for one block."""
-    from calcpipe.flows.cluster import (
-        SegmenterPlugin,
-        cluster_client,
-        score_on_worker,
-        torch_threads,
-    )
-    from calcpipe.flows.score_cohort import in_flight_window
+    from bench_pipeline import on_worker, planned_run
+    from calcpipe.flows.cluster import SegmenterPlugin, cluster_client, torch_threads
 
-    from calcpipe.pipeline.run import Run, in_process
-
-    run = Run(params, None)
-    run.index(in_process)
-    items = [i for shard in run.plan(in_process) for i in run.shard_items(shard)]
+    run, items = planned_run(params)
     spec = (params.model, params.device, params.precision, torch_threads(params))
     with cluster_client(params) as client:
         client.register_plugin(SegmenterPlugin(*spec))
-
-        def submit(item: Any) -> Any:
-            return client.submit(score_on_worker, item, run.provenance, run.store.root,
-                                 None, None, False, pure=False)
-
-        [f.result() for _, f in in_flight_window(client, items[:2], submit, 2)]  # warm-up
+        on_worker(client, run, items[:2], 2)  # warm-up
         (before,) = client.run(_thread_cpu).values()
         start = time.perf_counter()
-        outcomes = [f.result() for _, f in in_flight_window(client, items, submit, 4)]
+        outcomes = on_worker(client, run, items, 4)
         wall = time.perf_counter() - start
         (after,) = client.run(_thread_cpu).values()
     run.remove_scratch()
