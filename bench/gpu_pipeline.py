@@ -1,20 +1,30 @@
 """End-to-end, library level: decode DICOM from local disk, segment, score; studies/s.
 
-This is what one GPU worker of the flow does: ``STUDIES_PER_GPU`` studies at once on CPU
-threads sharing one network, so that one study's DICOM decoding and scoring (CPU) overlap
-another's inference (GPU; torch releases the GIL there). Measured side by side in one run:
-one study at a time (no overlap) against ``STUDIES_PER_GPU`` at once, and GPU utilisation
-sampled by nvidia-smi during each (None without a GPU).
+Measured side by side in one run, on the same studies:
+
+- ``threads_1``: one study at a time in one process (no overlap), with the time each stage
+  took (decode, segment, score) summed over the studies;
+- ``threads_N``: what one GPU worker of the flow does by default, ``STUDIES_PER_GPU``
+  studies at once on threads sharing one network, so that one study's decoding and scoring
+  (CPU) overlap another's inference (GPU; torch releases the GIL there);
+- ``processes_P``: P processes on the same GPU, each with its own copy of the network and
+  one study at a time (``--processes``), which also spreads the Python-level CPU work
+  (decoding, connected regions, lungs, scoring) over the node's cores, past the GIL.
+
+Each mode reports studies/s, mean GPU utilisation and GPU memory used (nvidia-smi every
+100 ms; None without a GPU) and the node's CPU busy fraction (/proc/stat).
 
 Usage (GPU): ``python bench/gpu_pipeline.py`` within ``bench/gpu_check.sh``.
-Smoke run on a CPU: ``python bench/gpu_pipeline.py --device cpu --studies 4 --matrix 128``.
-Needs numpy, scipy, torch and pydicom (carried as a wheel to the GPU machine).
+Smoke run on a CPU: ``python bench/gpu_pipeline.py --device cpu --studies 4 --matrix 128
+--processes 2``. Needs numpy, scipy, torch and pydicom (carried as a wheel to the GPU
+machine).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import shutil
 import statistics
@@ -46,46 +56,139 @@ def _write(args: tuple[int, int, str]) -> None:
                  patient_id=f"GPU-{index:05d}")
 
 
-def process(paths: list[Path], segmenter: UNetSegmenter) -> float:
-    """One study: decode, segment, score; its CAC Agatston score."""
+def process(paths: list[Path], segmenter: UNetSegmenter,
+            stages: dict[str, float] | None = None) -> float:
+    """One study: decode, segment, score; its CAC Agatston score. With ``stages``, adds
+    each stage's seconds to it (the GPU synchronised after segmenting)."""
+    t0 = time.perf_counter()
     volume = load_volume(paths)
     kvp = float(volume.metadata.kvp or 120.0)
+    t1 = time.perf_counter()
     seg = segmenter.segment(volume.hu, volume.spacing_mm, kvp=kvp)
+    if stages is not None and segmenter.device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    t2 = time.perf_counter()
     result = score(volume.hu, seg.labels, volume.spacing_mm, profile="standard", kvp=kvp,
                    affine=volume.affine, slice_thickness_mm=volume.slice_thickness_mm)
+    if stages is not None:
+        for name, seconds in (("decode", t1 - t0), ("segment", t2 - t1),
+                              ("score", time.perf_counter() - t2)):
+            stages[name] = stages.get(name, 0.0) + seconds
     return float(result.row("CAC").agatston)
 
 
-class GpuSampler:
-    """Mean GPU utilisation (%) from ``nvidia-smi`` every 100 ms while running."""
+class Sampler:
+    """While running: GPU utilisation (%) and memory used (MiB) from ``nvidia-smi`` every
+    100 ms, and the node's CPU busy fraction from /proc/stat."""
 
     def __init__(self) -> None:
-        self.samples: list[float] = []
+        self.utilisation: list[float] = []
+        self.memory_mib: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self.cpu_busy: float | None = None
 
     def _run(self) -> None:
         if shutil.which("nvidia-smi") is None:
             return
         while not self._stop.is_set():
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu",
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
                                   "--format=csv,noheader,nounits", "-i", "0"],
                                  capture_output=True, text=True, check=False).stdout.strip()
             if out:
-                self.samples.append(float(out.splitlines()[0]))
+                util, memory = out.splitlines()[0].split(",")
+                self.utilisation.append(float(util))
+                self.memory_mib.append(float(memory))
             self._stop.wait(0.1)
 
-    def __enter__(self) -> GpuSampler:
+    @staticmethod
+    def _cpu_times() -> tuple[int, int] | None:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        except OSError:
+            return None
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    def __enter__(self) -> Sampler:
+        self._cpu0 = self._cpu_times()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        cpu1 = self._cpu_times()
+        if self._cpu0 and cpu1 and cpu1[1] > self._cpu0[1]:
+            self.cpu_busy = (cpu1[0] - self._cpu0[0]) / (cpu1[1] - self._cpu0[1])
 
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.samples) if self.samples else None
+    def figures(self) -> dict[str, Any]:
+        return {"gpu_utilisation_percent": (round(statistics.fmean(self.utilisation), 1)
+                                            if self.utilisation else None),
+                "gpu_memory_peak_mib": max(self.memory_mib) if self.memory_mib else None,
+                "cpu_busy_fraction": (round(self.cpu_busy, 3) if self.cpu_busy is not None
+                                      else None)}
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(device: str, precision: str, first: list[Path]) -> None:
+    """A process of the ``processes_P`` mode: one torch thread, the network loaded once and
+    warmed up (kernels, allocator) before any timed study."""
+    import torch
+
+    torch.set_num_threads(1)
+    segmenter = UNetSegmenter.load("default", device=device, precision=precision,
+                                   batch_size=64)
+    process(first, segmenter)
+    _WORKER["segmenter"] = segmenter
+
+
+def _ready(barrier: Any) -> int:
+    """Blocks until every process of the pool runs one: so all of them have loaded."""
+    barrier.wait(timeout=300)
+    return os.getpid()
+
+
+def _score_in_worker(paths: list[Path]) -> float:
+    return process(paths, _WORKER["segmenter"])
+
+
+def run_processes(studies: list[list[Path]], workers: int, device: str, precision: str,
+                  passes: int) -> dict[str, Any]:
+    """``workers`` processes (spawned: CUDA cannot be forked), all loaded before the clock
+    starts; each study scored ``passes`` times."""
+    context = mp.get_context("spawn")
+    with context.Manager() as manager, context.Pool(
+            workers, initializer=_init_worker,
+            initargs=(device, precision, studies[0])) as pool:
+        barrier = manager.Barrier(workers)
+        pids = pool.map(_ready, [barrier] * workers, chunksize=1)
+        assert len(set(pids)) == workers, "a process of the pool ran twice"
+        work = studies * passes
+        with Sampler() as sampler:
+            start = time.monotonic()
+            scores = pool.map(_score_in_worker, work, chunksize=1)
+            seconds = time.monotonic() - start
+    return {"studies_per_s": round(len(work) / seconds, 2), **sampler.figures(),
+            "cac_sum": round(sum(scores) / passes, 1)}
+
+
+def run_threads(studies: list[list[Path]], threads: int, segmenter: UNetSegmenter,
+                stages: dict[str, float] | None = None) -> dict[str, Any]:
+    import torch
+
+    with Sampler() as sampler, ThreadPoolExecutor(threads) as pool:
+        start = time.monotonic()
+        scores = list(pool.map(lambda paths: process(paths, segmenter, stages), studies))
+        if segmenter.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.monotonic() - start
+    return {"studies_per_s": round(len(studies) / seconds, 2), **sampler.figures(),
+            "cac_sum": round(sum(scores), 1), "studies": len(studies)}
 
 
 def main() -> int:
@@ -95,9 +198,17 @@ def main() -> int:
     parser.add_argument("--studies", type=int, default=int(os.environ.get("STUDIES", 96)))
     parser.add_argument("--matrix", type=int, default=512)
     parser.add_argument("--concurrent", type=int, default=STUDIES_PER_GPU)
+    parser.add_argument("--sequential", type=int, default=24,
+                        help="studies of the one-at-a-time mode (the slowest)")
+    parser.add_argument("--processes", type=int, nargs="*", default=[8, 15])
+    parser.add_argument("--passes", type=int, default=2,
+                        help="times the process modes score each study")
     args = parser.parse_args()
     import torch
 
+    out = Path(os.environ.get("OUT", "gpu_out"))
+    out.mkdir(parents=True, exist_ok=True)
+    precision = args.precision if args.device != "cpu" else "fp32"
     with tempfile.TemporaryDirectory() as tmp:
         start = time.monotonic()
         cohort = Path(tmp) / "cohort"  # written without pyarrow (absent on the GPU machine)
@@ -106,32 +217,33 @@ def main() -> int:
                                       for i in range(args.studies)]))
         studies = [sorted(p.rglob("*.dcm")) for p in sorted(cohort.glob("study_*"))]
         written = time.monotonic() - start
-        segmenter = UNetSegmenter.load("default", device=args.device,
-                                       precision=args.precision if args.device != "cpu"
-                                       else "fp32", batch_size=64)
+        segmenter = UNetSegmenter.load("default", device=args.device, precision=precision,
+                                       batch_size=64)
         process(studies[0], segmenter)  # warm-up: kernels, allocator
         figures: dict[str, Any] = {
             "device": torch.cuda.get_device_name(0) if args.device == "cuda" else args.device,
             "date": time.strftime("%Y-%m-%d"), "studies": len(studies),
             "matrix": args.matrix, "slices": len(studies[0]),
             "precision": segmenter.precision, "cpu_cores": os.cpu_count(),
-            "dicom_written_s": round(written, 1)}
-        for concurrent in (1, args.concurrent):
-            with GpuSampler() as sampler, ThreadPoolExecutor(concurrent) as pool:
-                start = time.monotonic()
-                scores = list(pool.map(lambda paths: process(paths, segmenter), studies))
-                if args.device == "cuda":
-                    torch.cuda.synchronize()
-                seconds = time.monotonic() - start
-            figures[f"concurrent_{concurrent}"] = {
-                "studies_per_s": round(len(studies) / seconds, 2),
-                "gpu_utilisation_percent": sampler.mean,
-                "cac_sum": round(sum(scores), 1)}
-        one, many = figures["concurrent_1"], figures[f"concurrent_{args.concurrent}"]
-        figures["overlap_speedup"] = round(many["studies_per_s"] / one["studies_per_s"], 2)
+            "torch": torch.__version__, "dicom_written_s": round(written, 1)}
+        stages: dict[str, float] = {}
+        sequential = studies[: args.sequential]
+        figures["threads_1"] = run_threads(sequential, 1, segmenter, stages)
+        figures["threads_1"]["stage_s_per_study"] = {
+            name: round(seconds / len(sequential), 4) for name, seconds in stages.items()}
+        print(json.dumps(figures, indent=1), flush=True)
+        figures[f"threads_{args.concurrent}"] = run_threads(studies, args.concurrent,
+                                                            segmenter)
+        print(json.dumps(figures[f"threads_{args.concurrent}"]), flush=True)
+        del segmenter
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+        for workers in args.processes:
+            figures[f"processes_{workers}"] = run_processes(studies, workers, args.device,
+                                                            precision, args.passes)
+            print(json.dumps(figures[f"processes_{workers}"]), flush=True)
+            (out / "gpu_pipeline.json").write_text(json.dumps(figures, indent=1))
     print(json.dumps(figures, indent=1))
-    out = Path(os.environ.get("OUT", "gpu_out"))
-    out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_pipeline.json").write_text(json.dumps(figures, indent=1))
     return 0
 
