@@ -123,10 +123,9 @@ class UNetSegmenter:
         import torch
 
         batch = torch.as_tensor(x)
-        if batch.device != self.device:
-            if self.device.type == "cuda":
-                batch = batch.pin_memory()
-            batch = batch.to(self.device, non_blocking=True)
+        if batch.is_cpu and self.device.type == "cuda":
+            batch = batch.pin_memory()  # only host memory can be pinned
+        batch = batch.to(self.device, non_blocking=True)  # no copy where it already is
         batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if self.precision == "bf16":
