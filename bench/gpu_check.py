@@ -46,7 +46,7 @@ def main() -> int:
 
     def synchronize() -> None:
         if args.device == "cuda":
-            synchronize()
+            torch.cuda.synchronize()
 
     out = Path(os.environ.get("OUT", "gpu_out"))
     out.mkdir(parents=True, exist_ok=True)

@@ -176,7 +176,7 @@ def test_vectorised_label_sampling_equals_grid_sample_per_slice():
 
 
 def test_regions_too_large_to_be_one_calcification_keep_no_label():
-    from calcpipe.models.segment import oversized_regions
+    from calcpipe.models.segment import in_oversized_regions, oversized_regions
 
     candidates = np.zeros((4, 10, 10), dtype=bool)
     candidates[0:4, 0:5, 0:5] = True  # 100 voxels of 2 mm^3: 200 mm^3
@@ -184,6 +184,25 @@ def test_regions_too_large_to_be_one_calcification_keep_no_label():
     big = oversized_regions(candidates, (2.0, 1.0, 1.0), max_mm3=100.0)
     assert big.sum() == 100 and big[0:4, 0:5, 0:5].all()
     assert not oversized_regions(candidates, (2.0, 1.0, 1.0), max_mm3=200.0).any()
+
+    # measured in a window around the voxels asked about, exactly as on the whole volume:
+    # the block is too large inside the window already; the pair lies wholly inside it
+    at = np.flatnonzero(candidates)
+    assert (in_oversized_regions(candidates, at, (2.0, 1.0, 1.0), 100.0, margin=(1, 1, 1))
+            == big.ravel()[at]).all()
+    # a thin region whose part in the window is small but which is large beyond it: the
+    # window's edge sends it to the whole-volume measure
+    rod = np.zeros((3, 5, 60), dtype=bool)
+    rod[1, 2, :] = True  # 60 voxels of 1 mm^3
+    seed = np.array([np.ravel_multi_index((1, 2, 30), rod.shape)])
+    assert in_oversized_regions(rod, seed, (1.0, 1.0, 1.0), 50.0, margin=(1, 1, 2))[0]
+    assert not in_oversized_regions(rod, seed, (1.0, 1.0, 1.0), 70.0, margin=(1, 1, 2))[0]
+    rng = np.random.default_rng(3)
+    noise = rng.random((6, 40, 40)) > 0.62
+    at = rng.choice(np.flatnonzero(noise), 25, replace=False)
+    for limit in (3.0, 30.0, 300.0):
+        assert (in_oversized_regions(noise, at, (1.0, 1.0, 1.0), limit, margin=(1, 4, 4))
+                == oversized_regions(noise, (1.0, 1.0, 1.0), limit).ravel()[at]).all()
 
     # the shipped network: a 30 mm bone-like block (27 cm^3) near the heart gets no label
     rendered = render_study(sample_spec(2024, 0, matrix=128))

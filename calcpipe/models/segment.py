@@ -147,8 +147,6 @@ class UNetSegmenter:
         inside = np.zeros(hu.shape[1:], dtype=bool)  # the body crop; nothing outside it
         inside[grid.row0 : grid.row0 + grid.rows, grid.col0 : grid.col0 + grid.cols] = True
         candidates = (hu >= threshold_for(kvp)) & inside
-        if self.max_region_mm3 is not None:
-            candidates &= ~oversized_regions(candidates, spacing_mm, self.max_region_mm3)
         calcium_at, calcium_top = [], []  # flat indices and top-class probabilities
         for start in range(0, hu.shape[0], self.batch_size):
             stop = min(start + self.batch_size, hu.shape[0])
@@ -164,6 +162,14 @@ class UNetSegmenter:
             calcium_top.append(top[calcium])
         at = np.concatenate(calcium_at) if calcium_at else np.zeros(0, np.intp)
         tops = np.concatenate(calcium_top) if calcium_top else np.zeros(0, np.float32)
+        if self.max_region_mm3 is not None and at.size:
+            # After the network, so that only the regions it labelled are measured. The
+            # same labels as removing oversized regions from the candidates first: a
+            # lesion lies wholly in one region, so whole-lesion labelling below never
+            # reaches a voxel of an oversized region through a kept label.
+            big = in_oversized_regions(candidates, at, spacing_mm, self.max_region_mm3)
+            labels.flat[at[big]] = 0
+            at, tops = at[~big], tops[~big]
         if self.whole_lesions and at.size:
             added = label_whole_lesions(labels, candidates)
             kept = labels.flat[at] > 0  # voxels it labelled have no network top-class
@@ -280,6 +286,38 @@ def _regions_holding_labels(candidates: npt.NDArray[np.bool_], labels: npt.NDArr
     lesions, _ = ndimage.label(candidates, structure=np.ones((3, 3), dtype=bool))
     numbers = np.unique(lesions[labels > 0])
     return lesions, numbers[numbers > 0]
+
+
+def in_oversized_regions(candidates: npt.NDArray[np.bool_], at: npt.NDArray[np.intp],
+                        spacing_mm: tuple[float, float, float], max_mm3: float,
+                        margin: tuple[int, int, int] = (3, 16, 16)) -> npt.NDArray[np.bool_]:
+    """Whether each candidate at flat index ``at`` lies in a 26-connected region of
+    ``candidates`` larger than ``max_mm3`` (as :func:`oversized_regions`, exactly).
+
+    Labels only a window around those voxels (their bounding box plus ``margin``), several
+    times smaller than the body's bone: a region's part inside the window is part of the
+    region, so one already too large there is too large; one that is not and reaches the
+    window's inner edge is measured on the whole volume instead."""
+    from scipy import ndimage
+
+    points = np.unravel_index(at, candidates.shape)
+    window = tuple(slice(max(int(p.min()) - m, 0), min(int(p.max()) + m + 1, n))
+                   for p, m, n in zip(points, margin, candidates.shape, strict=True))
+    regions, _ = ndimage.label(candidates[window], structure=np.ones((3, 3, 3), dtype=bool))
+    number = regions[tuple(p - w.start for p, w in zip(points, window, strict=True))]
+    sizes = np.bincount(regions.ravel()).astype(np.float64)
+    big = sizes[number] * float(np.prod(spacing_mm)) > max_mm3
+    inner_faces = [regions[(slice(None),) * axis + (end,)]
+                   for axis, (w, n) in enumerate(zip(window, candidates.shape, strict=True))
+                   for end, at_border in ((0, w.start == 0), (-1, w.stop == n))
+                   if not at_border]
+    if inner_faces:
+        reaching = np.unique(np.concatenate([f.ravel() for f in inner_faces]))
+        unsure = ~big & np.isin(number, reaching[reaching > 0])
+        if unsure.any():
+            whole = oversized_regions(candidates, spacing_mm, max_mm3)
+            big[unsure] = whole.ravel()[at[unsure]]
+    return big
 
 
 def oversized_regions(candidates: npt.NDArray[np.bool_], spacing_mm: tuple[float, float, float],
