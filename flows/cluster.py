@@ -1,8 +1,12 @@
 """The Dask side of the flow: which cluster, and the model loaded once per worker.
 
-Back-ends other than ``distributed.LocalCluster`` (dask-cuda, dask-kubernetes,
-dask-jobqueue) are imported only when asked for, so that nothing here needs a GPU or a
-cluster manager to import.
+Back-ends other than ``distributed`` (dask-kubernetes, dask-jobqueue) are imported only when
+asked for, so that nothing here needs a GPU or a cluster manager to import.
+
+GPU workers are ``studies_per_gpu`` single-threaded worker processes per GPU, each with the
+model and the worker resource ``GPU=1`` (see :data:`calcpipe.models.segment.STUDIES_PER_GPU`
+for why processes): one worker process per GPU, dask-cuda's layout, with 4 threads kept an
+H100 2.6 % busy (bench/gpu_pipeline.py).
 """
 
 from __future__ import annotations
@@ -72,23 +76,35 @@ def image(version: str, gpu: bool) -> str:
     return f"{IMAGE}:{version}{'-cuda' if gpu else ''}"
 
 
+def one_gpu_at_most(gpus_per_worker: int) -> bool:
+    """Whether a pod or job has a GPU: one at most (its processes all use the one they see;
+    more GPUs means more pods or jobs)."""
+    if gpus_per_worker not in (0, 1):
+        raise ValueError(f"gpus_per_worker must be 0 or 1, not {gpus_per_worker}: scale the "
+                         "number of workers instead (one GPU per pod or job)")
+    return gpus_per_worker == 1
+
+
 def kubernetes_cluster_spec(name: str, *, version: str, workers: int = 2,
-                            gpus_per_worker: int = 1, memory: str = "24Gi", cpu: str = "6",
+                            gpus_per_worker: int = 1, memory: str | None = None,
+                            cpu: str | None = None,
                             node_selector: dict[str, str] | None = None,
                             tolerations: list[dict[str, str]] | None = None,
                             studies_per_gpu: int = STUDIES_PER_GPU,
                             ) -> dict[str, Any]:
     """A ``DaskCluster`` resource for the Dask Kubernetes operator: a scheduler and
-    ``workers`` pods, each on ``gpus_per_worker`` GPUs (``dask-cuda-worker``: one worker
-    process per GPU, with the GPU=1 resource and ``studies_per_gpu`` threads) or CPU-only
-    when 0."""
-    gpu = gpus_per_worker > 0
+    ``workers`` pods, each on one GPU (``studies_per_gpu`` single-threaded worker processes
+    with the resource GPU=1 each, a core each and one for the nanny, 3 GiB each and 4 for
+    the rest) or CPU-only when ``gpus_per_worker`` is 0 (one single-threaded process)."""
+    gpu = one_gpu_at_most(gpus_per_worker)
     env = [{"name": k, "value": v} for k, v in sorted(WORKER_ENV.items())]
-    limits: dict[str, str] = {"memory": memory, "cpu": cpu}
+    limits: dict[str, str] = {
+        "memory": memory or (f"{3 * studies_per_gpu + 4}Gi" if gpu else "24Gi"),
+        "cpu": cpu or (str(studies_per_gpu + 1) if gpu else "6")}
     if gpu:
-        limits["nvidia.com/gpu"] = str(gpus_per_worker)
-    worker_args = (["dask-cuda-worker", "--name", "$(DASK_WORKER_NAME)",
-                    "--nthreads", str(studies_per_gpu),
+        limits["nvidia.com/gpu"] = "1"
+    worker_args = (["dask", "worker", "--name", "$(DASK_WORKER_NAME)",
+                    "--nworkers", str(studies_per_gpu), "--nthreads", "1",
                     "--resources", "GPU=1"] if gpu else
                    ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nthreads", "1"])
     pod: dict[str, Any] = {"containers": [{
@@ -121,12 +137,15 @@ def kubernetes_cluster_spec(name: str, *, version: str, workers: int = 2,
 
 
 def slurm_cluster_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments of ``dask_jobqueue.SLURMCluster``: one GPU per job and worker
-    (``--gres=gpu:N``, worker resource ``GPU=N``), one process per job."""
-    gpus = int(options.get("gpus_per_worker", 1))
+    """Keyword arguments of ``dask_jobqueue.SLURMCluster``: one GPU per job
+    (``--gres=gpu:1``) shared by ``studies_per_gpu`` single-threaded worker processes with
+    the resource GPU=1 each, a core and 3 GB each (4 GB more for the rest); without a GPU
+    (``gpus_per_worker`` 0), one process of ``cores`` threads."""
+    gpu = one_gpu_at_most(int(options.get("gpus_per_worker", 1)))
+    processes = int(options.get("studies_per_gpu", STUDIES_PER_GPU)) if gpu else 1
     kwargs: dict[str, Any] = {
-        "cores": int(options.get("cores", 8)), "processes": 1,
-        "memory": str(options.get("memory", "32GB")),
+        "cores": processes if gpu else int(options.get("cores", 8)), "processes": processes,
+        "memory": str(options.get("memory", f"{3 * processes + 4}GB" if gpu else "32GB")),
         "walltime": str(options.get("walltime", "04:00:00")),
         "job_name": "calcpipe-worker",
         "job_script_prologue": [f"export {k}={shlex.quote(v)}"
@@ -135,9 +154,9 @@ def slurm_cluster_options(options: dict[str, Any]) -> dict[str, Any]:
     for key in ("queue", "account"):
         if options.get(key):
             kwargs[key] = options[key]
-    if gpus:
-        kwargs["job_extra_directives"] = [f"--gres=gpu:{gpus}"]
-        kwargs["worker_extra_args"] = ["--resources", f"GPU={gpus}"]
+    if gpu:
+        kwargs["job_extra_directives"] = ["--gres=gpu:1"]
+        kwargs["worker_extra_args"] = ["--resources", "GPU=1"]
     return kwargs
 
 
@@ -181,11 +200,22 @@ def tuned_workers(profiler: bool = False) -> Any:
     return dask.config.set(config)
 
 
-def studies_per_gpu(params: ScoreParams) -> int:
-    """Studies a GPU worker scores at once (``cluster_options["studies_per_gpu"]``): its
-    threads, each study's task asking for 1/N of the worker's ``GPU=1`` resource, so that
-    decoding and scoring on the CPU overlap inference on the GPU."""
-    return max(1, int(params.cluster_options.get("studies_per_gpu", STUDIES_PER_GPU)))
+def studies_per_gpu(params: ScoreParams, default: int = STUDIES_PER_GPU) -> int:
+    """Studies one GPU scores at once (``cluster_options["studies_per_gpu"]``): worker
+    processes sharing it, each study's task asking for its process's ``GPU=1``."""
+    return max(1, int(params.cluster_options.get("studies_per_gpu", default)))
+
+
+def local_gpu_workers(gpus: int, per_gpu: int, env: Mapping[str, str] | None = None,
+                      ) -> dict[str, dict[str, Any]]:
+    """Worker specifications of a local GPU cluster (``distributed.SpecCluster``):
+    ``per_gpu`` single-threaded nannies per GPU, each seeing only its GPU."""
+    from distributed import Nanny
+
+    return {f"gpu{g}-{i}": {"cls": Nanny, "options": {
+        "nthreads": 1, "resources": {"GPU": 1},
+        "env": {**(env or {}), "CUDA_VISIBLE_DEVICES": str(g)}}}
+        for g in range(gpus) for i in range(per_gpu)}
 
 
 def uses_gpus(params: ScoreParams) -> bool:
@@ -200,7 +230,8 @@ def uses_gpus(params: ScoreParams) -> bool:
 @contextlib.contextmanager
 def cluster_client(params: ScoreParams) -> Iterator[Client]:
     """A client on the cluster the parameters name: a LocalCluster of processes (default),
-    of threads (``local-threads``), one worker per local GPU (``local-cuda``, dask-cuda), a
+    of threads (``local-threads``), single-threaded processes sharing each local GPU
+    (``local-cuda``: all cores but one unless ``studies_per_gpu`` says), a
     Dask Kubernetes operator cluster (``kubernetes``, dask-kubernetes), a Slurm cluster
     (``slurm``, dask-jobqueue), or an existing scheduler's address. Back-ends are imported
     only here, so that none of them is needed to import the flow."""
@@ -227,16 +258,22 @@ def _start(params: ScoreParams) -> Any:
                                 threads_per_worker=1 if processes else params.workers,
                                 processes=processes, dashboard_address=None,
                                 silence_logs=40)
-    try:
-        if kind == "local-cuda":
-            try:
-                from dask_cuda import LocalCUDACluster
-            except Exception as e:  # without CUDA, importing dask_cuda can fail in many ways
-                raise ImportError(str(e)) from e
+    if kind == "local-cuda":
+        import torch
+        from distributed import Scheduler, SpecCluster
 
-            with tuned_workers(bool(options.get("profiler", False))):
-                return LocalCUDACluster(threads_per_worker=studies_per_gpu(params),
-                                        resources={"GPU": 1}, dashboard_address=None)
+        gpus = torch.cuda.device_count()
+        if not gpus:
+            raise RuntimeError("cluster 'local-cuda' needs a CUDA GPU: torch sees none "
+                               f"(torch {torch.__version__})")
+        per_gpu = studies_per_gpu(params, default=max(1, (os.cpu_count() or 2) // gpus - 1))
+        with tuned_workers(bool(options.get("profiler", False))):
+            return SpecCluster(workers=local_gpu_workers(gpus, per_gpu,
+                                                         {"OMP_NUM_THREADS": "1"}),
+                               scheduler={"cls": Scheduler,
+                                          "options": {"dashboard_address": None}},
+                               silence_logs=40)
+    try:
         if kind == "kubernetes":
             from dask_kubernetes.operator import KubeCluster
 
@@ -249,8 +286,7 @@ def _start(params: ScoreParams) -> Any:
 
         return SLURMCluster(**slurm_cluster_options(options))
     except ImportError as e:
-        package = {"local-cuda": "dask-cuda (and CUDA)", "kubernetes": "dask-kubernetes",
-                   "slurm": "dask-jobqueue"}[kind]
+        package = {"kubernetes": "dask-kubernetes", "slurm": "dask-jobqueue"}[kind]
         raise RuntimeError(f"cluster {kind!r} needs {package}: pip install "
                            f"'calcpipe[clusters]' ({e})") from e
 
@@ -276,7 +312,8 @@ if __name__ == "__main__":  # regenerate infra/k8s/daskcluster.yaml from the spe
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "infra/k8s/daskcluster.yaml")
     spec = kubernetes_cluster_spec("calcpipe", version=__version__, workers=4)
     target.write_text("# Generated by `python -m calcpipe.flows.cluster` (a test keeps it in "
-                      "step): 4 GPU workers,\n# one per GPU, for the Dask Kubernetes operator. "
+                      "step): 4 GPU worker pods,\n# one GPU each, for the Dask Kubernetes "
+                      "operator. "
                       "kubectl apply -f daskcluster.yaml\n"
                       + yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     print(f"wrote {target}")

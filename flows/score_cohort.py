@@ -24,7 +24,6 @@ from calcpipe.flows.cluster import (
     SegmenterPlugin,
     cluster_client,
     score_on_worker,
-    studies_per_gpu,
     torch_threads,
     uses_gpus,
 )
@@ -76,10 +75,9 @@ def score_shard(run: Run, client: Client, spec: ShardSpec, number: int, total: i
     start = time.perf_counter()
     p = run.params
     shard = run.shard_items(spec)
-    # the network's tasks run only on GPU workers where the cluster has them
-    # (N studies at once per GPU worker: decoding overlaps inference)
-    resources = ({"GPU": 1 / studies_per_gpu(p)} if uses_gpus(p) and not p.rescore
-                 else None)
+    # the network's tasks run only on GPU workers where the cluster has them (several
+    # single-threaded processes per GPU, each with GPU=1: one study at a time each)
+    resources = {"GPU": 1} if uses_gpus(p) and not p.rescore else None
 
     def submit(item: StudyItem) -> Any:
         return client.submit(score_on_worker, item, run.provenance, run.store.root,
@@ -88,7 +86,7 @@ def score_shard(run: Run, client: Client, spec: ShardSpec, number: int, total: i
                              resources=resources)
 
     outcomes = []
-    for item, future in in_flight_window(client, shard, submit, p.in_flight):
+    for item, future in in_flight_window(client, shard, submit, in_flight(p, client)):
         outcomes.append(_outcome(future, item, run))
         future.release()
         if progress is not None:
@@ -102,6 +100,14 @@ def score_shard(run: Run, client: Client, spec: ShardSpec, number: int, total: i
         "work on the workers, commit %.1f s", number, total, len(shard), failed, seconds,
         len(shard) / seconds if seconds else 0.0, sum(o.seconds for o in outcomes),
         time.perf_counter() - scored)
+
+
+def in_flight(params: ScoreParams, client: Client) -> int:
+    """Studies outstanding: ``params.in_flight``, or twice the cluster's worker threads at
+    the time (workers of Kubernetes and Slurm clusters join after the start), at least 8."""
+    if params.in_flight is not None:
+        return params.in_flight
+    return max(8, 2 * sum(client.nthreads().values()))
 
 
 def in_flight_window(client: Client, values: Iterable[Any], submit: Callable[[Any], Any],

@@ -54,10 +54,15 @@ def test_generated_daskcluster_manifest_is_in_step_with_the_spec():
     worker = checked_in["spec"]["worker"]["spec"]
     container = worker["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["args"][:1] == ["dask-cuda-worker"] and "GPU=1" in container["args"]
-    # several studies per GPU worker (threads), so that decoding overlaps inference
-    threads = container["args"][container["args"].index("--nthreads") + 1]
-    assert int(threads) == STUDIES_PER_GPU > 1
+    args = container["args"]
+    assert args[:2] == ["dask", "worker"] and args[args.index("--resources") + 1] == "GPU=1"
+    # several single-threaded processes share the GPU, a core each and one for the nanny
+    assert args[args.index("--nthreads") + 1] == "1"
+    assert int(args[args.index("--nworkers") + 1]) == STUDIES_PER_GPU > 1
+    assert container["resources"]["limits"]["cpu"] == str(STUDIES_PER_GPU + 1)
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    with pytest.raises(ValueError, match="0 or 1"):
+        kubernetes_cluster_spec("two", version=__version__, gpus_per_worker=2)
     assert worker["tolerations"][0]["key"] == "nvidia.com/gpu" and worker["nodeSelector"]
     assert {e["name"]: e["value"] for e in container["env"]} == WORKER_ENV
     scheduler = checked_in["spec"]["scheduler"]["spec"]["containers"][0]
@@ -92,6 +97,14 @@ def test_slurm_job_script_asks_for_one_gpu_per_worker():
         script = cluster.job_script()
     assert "#SBATCH --gres=gpu:1" in script and "#SBATCH -p gpu" in script
     assert "#SBATCH -A cardio" in script and "--resources GPU=1" in script
+    assert f"--nworkers {STUDIES_PER_GPU} " in script and "--nthreads 1 " in script
+    assert f"#SBATCH --cpus-per-task={STUDIES_PER_GPU}" in script
+    assert "#SBATCH --mem=38G" in script  # 40 GB: 3 GB per process and 4 for the rest
+    with SLURMCluster(**slurm_cluster_options({"studies_per_gpu": 6})) as cluster:
+        assert "--nworkers 6 " in cluster.job_script()
+    cpu_only = slurm_cluster_options({"gpus_per_worker": 0, "cores": 4})
+    assert (cpu_only["processes"], cpu_only["cores"]) == (1, 4)
+    assert "job_extra_directives" not in cpu_only
     assert "export OMP_NUM_THREADS=1" in script
     config = _documents(INFRA / "slurm" / "jobqueue.yaml")[0]["jobqueue"]["slurm"]
     defaults = slurm_cluster_options({})
@@ -164,9 +177,36 @@ def test_cluster_kinds_validate_and_missing_back_ends_fail_clearly(tmp_path):
     assert studies_per_gpu(ScoreParams(source="a", out="b")) == STUDIES_PER_GPU
     assert studies_per_gpu(ScoreParams(source="a", out="b", cluster="local-cuda",
                                        cluster_options={"studies_per_gpu": 2})) == 2
-    try:
-        import dask_cuda  # noqa: F401
-    except ImportError:
-        with pytest.raises(RuntimeError, match="needs dask-cuda"):
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
             with cluster_client(ScoreParams(source="a", out="b", cluster="local-cuda")):
                 pass
+
+
+def test_local_gpu_workers_share_each_gpu_one_study_per_process():
+    from calcpipe.flows.cluster import local_gpu_workers
+
+    specs = local_gpu_workers(2, 3, {"OMP_NUM_THREADS": "1"})
+    assert len(specs) == 6
+    options = [spec["options"] for spec in specs.values()]
+    assert sorted(o["env"]["CUDA_VISIBLE_DEVICES"] for o in options) == ["0"] * 3 + ["1"] * 3
+    assert all(o["nthreads"] == 1 and o["resources"] == {"GPU": 1} for o in options)
+    assert all(o["env"]["OMP_NUM_THREADS"] == "1" for o in options)
+
+
+def test_in_flight_defaults_to_twice_the_clusters_threads():
+    from calcpipe.flows.score_cohort import in_flight
+
+    class Client:
+        def __init__(self, threads: list[int]) -> None:
+            self.threads = threads
+
+        def nthreads(self) -> dict[str, int]:
+            return {f"w{i}": n for i, n in enumerate(self.threads)}
+
+    params = ScoreParams(source="a", out="b")
+    assert in_flight(params, Client([1] * 30)) == 60  # a GPU node's 30 processes
+    assert in_flight(params, Client([1, 1])) == 8
+    assert in_flight(params.model_copy(update={"in_flight": 3}), Client([1] * 30)) == 3

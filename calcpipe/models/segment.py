@@ -38,9 +38,13 @@ CORONARY_VALUES = tuple(v for v, name in LABEL_NAMES.items() if name in CORONARY
 #: Label values of the aortic classes (the chest-wall rule applies to these).
 AORTIC_VALUES = tuple(v for v, name in LABEL_NAMES.items() if name in GROUPS["AC"])
 
-#: Studies one GPU worker processes at once (threads sharing one network): while one study's
-#: DICOM is decoded and scored on the CPU, another's runs on the GPU (bench/gpu_pipeline.py).
-STUDIES_PER_GPU = 4
+#: Studies one GPU scores at once: single-threaded worker processes sharing it, each with its
+#: own copy of the network. A study needs about 0.3 core-seconds on the CPU (decoding,
+#: connected regions, lungs, scoring) and a few milliseconds of an H100, so a GPU is kept
+#: busy by processes, not threads (the GIL). One H100 node, 16 cores (bench/gpu_pipeline.py,
+#: 2026-11-27): one process with 4 threads 5.8 studies/s, 8 processes 24.3, 15 processes
+#: 39.9, the CPU 92 % busy and the GPU 28 %. Local clusters use all cores but one.
+STUDIES_PER_GPU = 12
 
 
 @dataclass(frozen=True, eq=False)

@@ -18,12 +18,12 @@ class ScoreParams(BaseModel):
 
     ``source`` and ``out`` are local paths or fsspec URLs. ``cluster`` is ``"local"`` (a
     ``distributed.LocalCluster`` of ``workers`` processes), ``"local-threads"`` (one process,
-    ``workers`` threads), ``"local-cuda"`` (one worker per local GPU), ``"kubernetes"`` (the
-    Dask operator), ``"slurm"`` (dask-jobqueue), or the address of an existing Dask
-    scheduler (``tcp://host:8786``); ``cluster_options`` tune Kubernetes and Slurm (name,
-    gpus_per_worker, queue, account, walltime, memory, cores: ``calcpipe.flows.cluster``),
-    GPU workers (studies_per_gpu) and local clusters (profiler: Dask's statistical
-    profiler, off by default).
+    ``workers`` threads), ``"local-cuda"`` (worker processes sharing each local GPU),
+    ``"kubernetes"`` (the Dask operator), ``"slurm"`` (dask-jobqueue), or the address of an
+    existing Dask scheduler (``tcp://host:8786``); ``cluster_options`` tune Kubernetes and
+    Slurm (name, gpus_per_worker, queue, account, walltime, memory, cores:
+    ``calcpipe.flows.cluster``), GPU workers (studies_per_gpu: worker processes per GPU)
+    and local clusters (profiler: Dask's statistical profiler, off by default).
     ``torch_threads``: threads of the network per worker (default: the cores shared evenly
     among the workers of a local cluster; torch's own default elsewhere).
     ``plan_only``: index and plan (the ``series`` rows and the failures of studies that
@@ -40,7 +40,9 @@ class ScoreParams(BaseModel):
     model: str = "default"
     profile: str = "standard"
     shard_size: int = Field(default=200, ge=1, le=100_000)
-    in_flight: int = Field(default=8, ge=1, le=10_000)
+    # None: twice the cluster's worker threads, at least 8 (a GPU node's many processes
+    # must all have work)
+    in_flight: int | None = Field(default=None, ge=1, le=10_000)
     cluster: str = "local"
     workers: int = Field(default=2, ge=1, le=4096)
     torch_threads: int | None = Field(default=None, ge=1, le=256)
