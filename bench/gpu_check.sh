@@ -6,8 +6,11 @@
 #      alone on the same inputs, with a profile of the segment call (gpu_check.py);
 #   2. the end-to-end library path, DICOM on local disk -> decode -> segment -> score: one
 #      study at a time, STUDIES_PER_GPU at once on threads, and several processes sharing
-#      the GPU (gpu_pipeline.py).
-# Figures go to $OUT (gpu_check.json, segment_profile.txt, gpu_pipeline.json) and stdout.
+#      the GPU (gpu_pipeline.py);
+#   3. segmentation alone in several processes sharing the GPU, volumes in memory
+#      (gpu_pipeline.py --segment-only).
+# Figures go to $OUT (gpu_check.json, segment_profile.txt, gpu_pipeline.json,
+# gpu_segment.json) and stdout. About 5 minutes on one H100 with 16 cores.
 # One measurement failing does not stop the other.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +21,5 @@ lscpu | grep -E "^Model name|^CPU\(s\)" || true
 timeout 150 python3 bench/gpu_check.py || echo "gpu_check.py failed: $?"
 timeout 300 python3 bench/gpu_pipeline.py --device cuda --precision bf16 \
     || echo "gpu_pipeline.py failed: $?"
+timeout 200 python3 bench/gpu_pipeline.py --device cuda --precision bf16 --segment-only \
+    || echo "gpu_pipeline.py --segment-only failed: $?"

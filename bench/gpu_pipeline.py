@@ -11,6 +11,9 @@ Measured side by side in one run, on the same studies:
   one study at a time (``--processes``), which also spreads the Python-level CPU work
   (decoding, connected regions, lungs, scoring) over the node's cores, past the GIL.
 
+With ``--segment-only``, the studies are rendered volumes in each process's memory and
+only the segment call is timed, in the same process modes (``segment_processes_P``).
+
 Each mode reports studies/s, mean GPU utilisation and GPU memory used (nvidia-smi every
 100 ms; None without a GPU) and the node's CPU busy fraction (/proc/stat).
 
@@ -36,6 +39,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -157,6 +162,52 @@ def _score_in_worker(paths: list[Path]) -> float:
     return process(paths, _WORKER["segmenter"])
 
 
+def _render_npy(args: tuple[int, int, str]) -> None:
+    """One synthetic study's HU volume and spacing as .npy files (``--segment-only``)."""
+    index, matrix, out = args
+    rendered = render_study(sample_spec(9100, index, matrix=matrix))
+    np.save(Path(out) / f"hu_{index:05d}.npy", rendered.hu)
+    np.save(Path(out) / f"spacing_{index:05d}.npy", np.asarray(rendered.spacing_mm))
+
+
+def _init_segment_worker(device: str, precision: str, folder: str) -> None:
+    """A process of the ``segment_processes_P`` mode: every study in memory, the network
+    loaded and warmed up, so that only segmentation is timed."""
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER["studies"] = [(np.load(hu), tuple(np.load(str(hu).replace("hu_", "spacing_"))))
+                          for hu in sorted(Path(folder).glob("hu_*.npy"))]
+    segmenter = UNetSegmenter.load("default", device=device, precision=precision,
+                                   batch_size=64)
+    segmenter.segment(*_WORKER["studies"][0])
+    _WORKER["segmenter"] = segmenter
+
+
+def _segment_in_worker(index: int) -> int:
+    hu, spacing = _WORKER["studies"][index]
+    return int(np.count_nonzero(_WORKER["segmenter"].segment(hu, spacing).labels))
+
+
+def run_segment_processes(folder: str, studies: int, workers: int, device: str,
+                          precision: str, passes: int) -> dict[str, Any]:
+    """Segmentation alone in ``workers`` processes sharing the GPU (volumes in memory)."""
+    context = mp.get_context("spawn")
+    with context.Manager() as manager, context.Pool(
+            workers, initializer=_init_segment_worker,
+            initargs=(device, precision, folder)) as pool:
+        barrier = manager.Barrier(workers)
+        pids = pool.map(_ready, [barrier] * workers, chunksize=1)
+        assert len(set(pids)) == workers, "a process of the pool ran twice"
+        work = list(range(studies)) * passes
+        with Sampler() as sampler:
+            start = time.monotonic()
+            voxels = pool.map(_segment_in_worker, work, chunksize=1)
+            seconds = time.monotonic() - start
+    return {"studies_per_s": round(len(work) / seconds, 2), **sampler.figures(),
+            "labelled_voxels": sum(voxels) // passes}
+
+
 def run_processes(studies: list[list[Path]], workers: int, device: str, precision: str,
                   passes: int) -> dict[str, Any]:
     """``workers`` processes (spawned: CUDA cannot be forked), all loaded before the clock
@@ -203,12 +254,16 @@ def main() -> int:
     parser.add_argument("--processes", type=int, nargs="*", default=[8, 15])
     parser.add_argument("--passes", type=int, default=2,
                         help="times the process modes score each study")
+    parser.add_argument("--segment-only", action="store_true",
+                        help="time segmentation alone, volumes in memory, process modes")
     args = parser.parse_args()
     import torch
 
     out = Path(os.environ.get("OUT", "gpu_out"))
     out.mkdir(parents=True, exist_ok=True)
     precision = args.precision if args.device != "cpu" else "fp32"
+    if args.segment_only:
+        return segment_only(args, precision, out)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.monotonic()
         cohort = Path(tmp) / "cohort"  # written without pyarrow (absent on the GPU machine)
@@ -245,6 +300,27 @@ def main() -> int:
             (out / "gpu_pipeline.json").write_text(json.dumps(figures, indent=1))
     print(json.dumps(figures, indent=1))
     (out / "gpu_pipeline.json").write_text(json.dumps(figures, indent=1))
+    return 0
+
+
+def segment_only(args: Any, precision: str, out: Path) -> int:
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with ProcessPoolExecutor(max(1, (os.cpu_count() or 2) - 1)) as renderers:
+            list(renderers.map(_render_npy, [(i, args.matrix, tmp)
+                                             for i in range(args.studies)]))
+        figures: dict[str, Any] = {
+            "device": torch.cuda.get_device_name(0) if args.device == "cuda" else args.device,
+            "date": time.strftime("%Y-%m-%d"), "studies": args.studies,
+            "matrix": args.matrix, "precision": precision, "cpu_cores": os.cpu_count(),
+            "torch": torch.__version__}
+        for workers in args.processes:
+            figures[f"segment_processes_{workers}"] = run_segment_processes(
+                tmp, args.studies, workers, args.device, precision, args.passes)
+            print(json.dumps(figures[f"segment_processes_{workers}"]), flush=True)
+    print(json.dumps(figures, indent=1))
+    (out / "gpu_segment.json").write_text(json.dumps(figures, indent=1))
     return 0
 
 
