@@ -4,12 +4,13 @@ Measured side by side in one run, on the same studies:
 
 - ``threads_1``: one study at a time in one process (no overlap), with the time each stage
   took (decode, segment, score) summed over the studies;
-- ``threads_N``: what one GPU worker of the flow does by default, ``STUDIES_PER_GPU``
-  studies at once on threads sharing one network, so that one study's decoding and scoring
-  (CPU) overlap another's inference (GPU; torch releases the GIL there);
+- ``threads_N``: one process, N studies at once on threads sharing one network
+  (``--concurrent``, 4), so that one study's decoding and scoring (CPU) overlap another's
+  inference (GPU; torch releases the GIL there): dask-cuda's one worker per GPU;
 - ``processes_P``: P processes on the same GPU, each with its own copy of the network and
-  one study at a time (``--processes``), which also spreads the Python-level CPU work
-  (decoding, connected regions, lungs, scoring) over the node's cores, past the GIL.
+  one study at a time (``--processes``), as the flow's GPU workers are
+  (``STUDIES_PER_GPU``), which also spreads the Python-level CPU work (decoding, connected
+  regions, lungs, scoring) over the node's cores, past the GIL.
 
 With ``--segment-only``, the studies are rendered volumes in each process's memory and
 only the segment call is timed, in the same process modes (``segment_processes_P``).
@@ -46,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calcpipe.dicom import load_volume
 from calcpipe.dicom.writer import write_series
-from calcpipe.models.segment import STUDIES_PER_GPU, UNetSegmenter
+from calcpipe.models.segment import UNetSegmenter
 from calcpipe.scoring import score
 from calcpipe.synthetic import render_study, sample_spec
 
@@ -248,7 +249,7 @@ def main() -> int:
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--studies", type=int, default=int(os.environ.get("STUDIES", 96)))
     parser.add_argument("--matrix", type=int, default=512)
-    parser.add_argument("--concurrent", type=int, default=STUDIES_PER_GPU)
+    parser.add_argument("--concurrent", type=int, default=4)
     parser.add_argument("--sequential", type=int, default=24,
                         help="studies of the one-at-a-time mode (the slowest)")
     parser.add_argument("--processes", type=int, nargs="*", default=[8, 15])
