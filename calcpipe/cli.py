@@ -265,8 +265,8 @@ def score(
     cohort: str = typer.Option("cohort", help="Cohort name recorded in the runs table."),
     shard_size: int = typer.Option(200, min=1, help="Studies per shard (one Prefect task)."),
     in_flight: int | None = typer.Option(
-        None, min=1, help="Studies outstanding on the cluster [default: twice its worker "
-        "threads, at least 8]."),
+        None, min=1, help="Studies outstanding on the cluster (default: twice its worker "
+        "threads, at least 8)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     precision: str = typer.Option("fp32", help="fp32 or bf16 (GPU)."),
     rescore: bool = typer.Option(
