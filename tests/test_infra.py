@@ -195,6 +195,23 @@ def test_local_gpu_workers_share_each_gpu_one_study_per_process():
     assert all(o["nthreads"] == 1 and o["resources"] == {"GPU": 1} for o in options)
     assert all(o["env"]["OMP_NUM_THREADS"] == "1" for o in options)
 
+    # the specification starts a cluster whose processes each see their own GPU's number
+    # and run tasks that ask for GPU=1
+    from distributed import Client, Scheduler, SpecCluster, get_worker
+
+    def seen(_: int) -> tuple[str, str]:
+        import os
+        import time
+
+        time.sleep(0.2)
+        return get_worker().name, os.environ["CUDA_VISIBLE_DEVICES"]
+
+    with SpecCluster(workers=local_gpu_workers(2, 1), silence_logs=40,
+                     scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}
+                     ) as cluster, Client(cluster) as client:
+        runs = client.gather(client.map(seen, range(6), resources={"GPU": 1}))
+    assert {name: gpu for name, gpu in runs} == {"gpu0-0": "0", "gpu1-0": "1"}
+
 
 def test_in_flight_defaults_to_twice_the_clusters_threads():
     from calcpipe.flows.score_cohort import in_flight
