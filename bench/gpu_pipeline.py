@@ -159,8 +159,12 @@ def _ready(barrier: Any) -> int:
     return os.getpid()
 
 
-def _score_in_worker(paths: list[Path]) -> float:
-    return process(paths, _WORKER["segmenter"])
+def _score_in_worker(paths: list[Path]) -> tuple[float, float]:
+    """A study's CAC score, and the process's peak resident memory so far (MB)."""
+    import resource
+
+    cac = process(paths, _WORKER["segmenter"])
+    return cac, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _render_npy(args: tuple[int, int, str]) -> None:
@@ -223,10 +227,11 @@ def run_processes(studies: list[list[Path]], workers: int, device: str, precisio
         work = studies * passes
         with Sampler() as sampler:
             start = time.monotonic()
-            scores = pool.map(_score_in_worker, work, chunksize=1)
+            results = pool.map(_score_in_worker, work, chunksize=1)
             seconds = time.monotonic() - start
     return {"studies_per_s": round(len(work) / seconds, 2), **sampler.figures(),
-            "cac_sum": round(sum(scores) / passes, 1)}
+            "cac_sum": round(sum(cac for cac, _ in results) / passes, 1),
+            "worker_peak_rss_mb": round(max(rss for _, rss in results))}
 
 
 def run_threads(studies: list[list[Path]], threads: int, segmenter: UNetSegmenter,
@@ -249,9 +254,9 @@ def main() -> int:
     parser.add_argument("--precision", default="bf16")
     parser.add_argument("--studies", type=int, default=int(os.environ.get("STUDIES", 96)))
     parser.add_argument("--matrix", type=int, default=512)
-    parser.add_argument("--concurrent", type=int, default=4)
+    parser.add_argument("--concurrent", type=int, default=4, help="threads (0: skip)")
     parser.add_argument("--sequential", type=int, default=24,
-                        help="studies of the one-at-a-time mode (the slowest)")
+                        help="studies of the one-at-a-time mode (the slowest; 0: skip)")
     parser.add_argument("--processes", type=int, nargs="*", default=[8, 15])
     parser.add_argument("--passes", type=int, default=2,
                         help="times the process modes score each study")
@@ -284,13 +289,15 @@ def main() -> int:
             "torch": torch.__version__, "dicom_written_s": round(written, 1)}
         stages: dict[str, float] = {}
         sequential = studies[: args.sequential]
-        figures["threads_1"] = run_threads(sequential, 1, segmenter, stages)
-        figures["threads_1"]["stage_s_per_study"] = {
-            name: round(seconds / len(sequential), 4) for name, seconds in stages.items()}
-        print(json.dumps(figures, indent=1), flush=True)
-        figures[f"threads_{args.concurrent}"] = run_threads(studies, args.concurrent,
-                                                            segmenter)
-        print(json.dumps(figures[f"threads_{args.concurrent}"]), flush=True)
+        if sequential:
+            figures["threads_1"] = run_threads(sequential, 1, segmenter, stages)
+            figures["threads_1"]["stage_s_per_study"] = {
+                name: round(seconds / len(sequential), 4) for name, seconds in stages.items()}
+            print(json.dumps(figures, indent=1), flush=True)
+        if args.concurrent:
+            figures[f"threads_{args.concurrent}"] = run_threads(studies, args.concurrent,
+                                                                segmenter)
+            print(json.dumps(figures[f"threads_{args.concurrent}"]), flush=True)
         del segmenter
         if args.device == "cuda":
             torch.cuda.empty_cache()
