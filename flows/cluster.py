@@ -95,7 +95,8 @@ def kubernetes_cluster_spec(name: str, *, version: str, workers: int = 2,
     """A ``DaskCluster`` resource for the Dask Kubernetes operator: a scheduler and
     ``workers`` pods, each on one GPU (``studies_per_gpu`` single-threaded worker processes
     with the resource GPU=1 each, a core each and one for the nanny, 3 GiB each and 4 for
-    the rest) or CPU-only when ``gpus_per_worker`` is 0 (one single-threaded process)."""
+    the rest: a process peaked at 1.35 GB on 512 x 512 x 59 studies, docs/scale.md) or
+    CPU-only when ``gpus_per_worker`` is 0 (one single-threaded process)."""
     gpu = one_gpu_at_most(gpus_per_worker)
     env = [{"name": k, "value": v} for k, v in sorted(WORKER_ENV.items())]
     limits: dict[str, str] = {
