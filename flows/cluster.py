@@ -144,8 +144,12 @@ def slurm_cluster_options(options: dict[str, Any]) -> dict[str, Any]:
     (``gpus_per_worker`` 0), one process of ``cores`` threads."""
     gpu = one_gpu_at_most(int(options.get("gpus_per_worker", 1)))
     processes = int(options.get("studies_per_gpu", STUDIES_PER_GPU)) if gpu else 1
+    cores = int(options.get("cores", processes if gpu else 8))
+    if cores < processes:
+        raise ValueError(f"cores ({cores}) must be at least studies_per_gpu ({processes}): "
+                         "each worker process needs a core")
     kwargs: dict[str, Any] = {
-        "cores": processes if gpu else int(options.get("cores", 8)), "processes": processes,
+        "cores": cores, "processes": processes,
         "memory": str(options.get("memory", f"{3 * processes + 4}GB" if gpu else "32GB")),
         "walltime": str(options.get("walltime", "04:00:00")),
         "job_name": "calcpipe-worker",
@@ -207,16 +211,26 @@ def studies_per_gpu(params: ScoreParams, default: int = STUDIES_PER_GPU) -> int:
     return max(1, int(params.cluster_options.get("studies_per_gpu", default)))
 
 
-def local_gpu_workers(gpus: int, per_gpu: int, env: Mapping[str, str] | None = None,
+def local_gpus(count: int) -> list[str]:
+    """The local GPUs' ``CUDA_VISIBLE_DEVICES`` entries: those this process was given
+    (a Slurm allocation, a shared machine, MIG instances), else 0 to ``count`` - 1."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [str(g) for g in range(count)]
+    return [d.strip() for d in visible.split(",") if d.strip()][:count]
+
+
+def local_gpu_workers(gpus: list[str], per_gpu: int, env: Mapping[str, str] | None = None,
                       ) -> dict[str, dict[str, Any]]:
     """Worker specifications of a local GPU cluster (``distributed.SpecCluster``):
-    ``per_gpu`` single-threaded nannies per GPU, each seeing only its GPU."""
+    ``per_gpu`` single-threaded nannies per GPU (``CUDA_VISIBLE_DEVICES`` entries), each
+    seeing only its GPU, listening on the loopback interface only."""
     from distributed import Nanny
 
     return {f"gpu{g}-{i}": {"cls": Nanny, "options": {
-        "nthreads": 1, "resources": {"GPU": 1},
-        "env": {**(env or {}), "CUDA_VISIBLE_DEVICES": str(g)}}}
-        for g in range(gpus) for i in range(per_gpu)}
+        "nthreads": 1, "resources": {"GPU": 1}, "host": "127.0.0.1",
+        "env": {**(env or {}), "CUDA_VISIBLE_DEVICES": gpu}}}
+        for g, gpu in enumerate(gpus) for i in range(per_gpu)}
 
 
 def uses_gpus(params: ScoreParams) -> bool:
@@ -241,9 +255,18 @@ def cluster_client(params: ScoreParams) -> Iterator[Client]:
             yield client
         return
     with _start(params) as cluster, Client(cluster, set_as_default=False) as client:
-        if params.cluster in ("kubernetes", "slurm"):
-            cluster.scale(params.workers)
+        scale(cluster, params)
         yield client
+
+
+def scale(cluster: Any, params: ScoreParams) -> None:
+    """Ask a Kubernetes or Slurm cluster for ``params.workers`` pods or jobs (one GPU
+    each, several worker processes each). dask-jobqueue's ``scale(n)`` counts worker
+    processes, the Dask operator's counts pods."""
+    if params.cluster == "slurm":
+        cluster.scale(jobs=params.workers)
+    elif params.cluster == "kubernetes":
+        cluster.scale(params.workers)
 
 
 def _start(params: ScoreParams) -> Any:
@@ -263,16 +286,17 @@ def _start(params: ScoreParams) -> Any:
         import torch
         from distributed import Scheduler, SpecCluster
 
-        gpus = torch.cuda.device_count()
+        gpus = local_gpus(torch.cuda.device_count())
         if not gpus:
             raise RuntimeError("cluster 'local-cuda' needs a CUDA GPU: torch sees none "
                                f"(torch {torch.__version__})")
-        per_gpu = studies_per_gpu(params, default=max(1, (os.cpu_count() or 2) // gpus - 1))
+        per_gpu = studies_per_gpu(params,
+                                  default=max(1, (os.cpu_count() or 2) // len(gpus) - 1))
         with tuned_workers(bool(options.get("profiler", False))):
             return SpecCluster(workers=local_gpu_workers(gpus, per_gpu,
                                                          {"OMP_NUM_THREADS": "1"}),
-                               scheduler={"cls": Scheduler,
-                                          "options": {"dashboard_address": None}},
+                               scheduler={"cls": Scheduler, "options": {
+                                   "host": "127.0.0.1", "dashboard_address": None}},
                                silence_logs=40)
     try:
         if kind == "kubernetes":

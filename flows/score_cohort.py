@@ -86,7 +86,8 @@ def score_shard(run: Run, client: Client, spec: ShardSpec, number: int, total: i
                              resources=resources)
 
     outcomes = []
-    for item, future in in_flight_window(client, shard, submit, in_flight(p, client)):
+    for item, future in in_flight_window(client, shard, submit,
+                                         lambda: in_flight(p, client)):
         outcomes.append(_outcome(future, item, run))
         future.release()
         if progress is not None:
@@ -104,16 +105,21 @@ def score_shard(run: Run, client: Client, spec: ShardSpec, number: int, total: i
 
 def in_flight(params: ScoreParams, client: Client) -> int:
     """Studies outstanding: ``params.in_flight``, or twice the cluster's worker threads at
-    the time (workers of Kubernetes and Slurm clusters join after the start), at least 8."""
+    the time, at least 8 (workers of Kubernetes and Slurm clusters join while it runs:
+    :func:`in_flight_window` asks again)."""
     if params.in_flight is not None:
         return params.in_flight
     return max(8, 2 * sum(client.nthreads().values()))
 
 
 def in_flight_window(client: Client, values: Iterable[Any], submit: Callable[[Any], Any],
-                     in_flight: int) -> Iterator[tuple[Any, Any]]:
+                     in_flight: int | Callable[[], int], recheck_s: float = 1.0,
+                     ) -> Iterator[tuple[Any, Any]]:
     """Submit ``submit(value)`` for each value with at most ``in_flight`` futures
-    outstanding; yield (value, future) as each completes, submitting the next."""
+    outstanding; yield (value, future) as each completes, submitting the next. A callable
+    ``in_flight`` is asked again at most every ``recheck_s`` seconds as futures complete
+    (a cluster that grows gets more work)."""
+    limit = in_flight if callable(in_flight) else (lambda: in_flight)
     pending = iter(values)
     submitted: dict[str, Any] = {}
 
@@ -125,12 +131,17 @@ def in_flight_window(client: Client, values: Iterable[Any], submit: Callable[[An
         submitted[future.key] = value
         return future
 
-    window = as_completed([f for f in (submit_next() for _ in range(in_flight))
+    current, checked = limit(), time.monotonic()
+    window = as_completed([f for f in (submit_next() for _ in range(current))
                            if f is not None], loop=client.loop)
     for future in window:
         yield submitted.pop(future.key), future
-        following = submit_next()
-        if following is not None:
+        if callable(in_flight) and time.monotonic() - checked >= recheck_s:
+            current, checked = limit(), time.monotonic()
+        while len(submitted) < current:
+            following = submit_next()
+            if following is None:
+                break
             window.add(following)
 
 

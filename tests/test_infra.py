@@ -188,12 +188,13 @@ def test_cluster_kinds_validate_and_missing_back_ends_fail_clearly(tmp_path):
 def test_local_gpu_workers_share_each_gpu_one_study_per_process():
     from calcpipe.flows.cluster import local_gpu_workers
 
-    specs = local_gpu_workers(2, 3, {"OMP_NUM_THREADS": "1"})
+    specs = local_gpu_workers(["0", "1"], 3, {"OMP_NUM_THREADS": "1"})
     assert len(specs) == 6
     options = [spec["options"] for spec in specs.values()]
     assert sorted(o["env"]["CUDA_VISIBLE_DEVICES"] for o in options) == ["0"] * 3 + ["1"] * 3
     assert all(o["nthreads"] == 1 and o["resources"] == {"GPU": 1} for o in options)
-    assert all(o["env"]["OMP_NUM_THREADS"] == "1" for o in options)
+    assert all(o["env"]["OMP_NUM_THREADS"] == "1" and o["host"] == "127.0.0.1"
+               for o in options)
 
     # the specification starts a cluster whose processes each see their own GPU's number
     # and run tasks that ask for GPU=1
@@ -206,11 +207,93 @@ def test_local_gpu_workers_share_each_gpu_one_study_per_process():
         time.sleep(0.2)
         return get_worker().name, os.environ["CUDA_VISIBLE_DEVICES"]
 
-    with SpecCluster(workers=local_gpu_workers(2, 1), silence_logs=40,
+    with SpecCluster(workers=local_gpu_workers(["0", "1"], 1), silence_logs=40,
                      scheduler={"cls": Scheduler, "options": {"dashboard_address": None}}
                      ) as cluster, Client(cluster) as client:
         runs = client.gather(client.map(seen, range(6), resources={"GPU": 1}))
     assert {name: gpu for name, gpu in runs} == {"gpu0-0": "0", "gpu1-0": "1"}
+
+
+def test_local_cuda_cluster_uses_the_gpus_it_was_given_on_loopback(monkeypatch):
+    """``--cluster local-cuda`` in a process given GPUs 5 and 7 (a Slurm allocation):
+    the workers see those, not 0 and 1, and nothing listens beyond this machine."""
+    import os
+
+    import distributed
+    import torch
+    from calcpipe.flows.cluster import _start
+
+    started = {}
+
+    class Captured:
+        def __init__(self, **kwargs):
+            started.update(kwargs)
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    monkeypatch.setattr(distributed, "SpecCluster", Captured)
+    _start(ScoreParams(source="a", out="b", cluster="local-cuda",
+                       cluster_options={"studies_per_gpu": 2}))
+    workers = [spec["options"] for spec in started["workers"].values()]
+    assert sorted(w["env"]["CUDA_VISIBLE_DEVICES"] for w in workers) == ["5", "5", "7", "7"]
+    assert {w["host"] for w in workers} == {"127.0.0.1"}
+    assert started["scheduler"]["options"]["host"] == "127.0.0.1"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    _start(ScoreParams(source="a", out="b", cluster="local-cuda"))  # the cores but one
+    workers = [spec["options"] for spec in started["workers"].values()]
+    assert len(workers) == 2 * max(1, (os.cpu_count() or 2) // 2 - 1)
+    assert {w["env"]["CUDA_VISIBLE_DEVICES"] for w in workers} == {"0", "1"}
+
+
+def test_kubernetes_scales_pods_and_slurm_scales_jobs():
+    from calcpipe.flows.cluster import scale
+
+    class Cluster:
+        def scale(self, n=None, jobs=0):
+            self.asked = (n, jobs)
+
+    for kind, asked in (("slurm", (None, 3)), ("kubernetes", (3, 0))):
+        cluster = Cluster()
+        scale(cluster, ScoreParams(source="a", out="b", cluster=kind, workers=3))
+        assert cluster.asked == asked
+    cluster = Cluster()
+    scale(cluster, ScoreParams(source="a", out="b", cluster="local", workers=3))
+    assert not hasattr(cluster, "asked")
+    with pytest.raises(ValueError, match="at least studies_per_gpu"):
+        slurm_cluster_options({"cores": 4})
+
+
+def test_in_flight_window_grows_with_the_cluster(dask_address):
+    """A callable limit is asked again as studies complete: work follows the workers that
+    join a Kubernetes or Slurm cluster after the start."""
+    import threading
+    import time
+
+    from calcpipe.flows.score_cohort import in_flight_window
+    from distributed import Client
+
+    lock, outstanding, peak = threading.Lock(), [0], []
+
+    def work(value: int) -> int:
+        time.sleep(0.05)
+        return value
+
+    limits = iter([1] * 4 + [3] * 100)
+    with Client(dask_address, set_as_default=False) as client:
+        def submit(value: int):
+            with lock:
+                outstanding[0] += 1
+                peak.append(outstanding[0])
+            return client.submit(work, value, pure=False)
+
+        done = []
+        for _value, future in in_flight_window(client, range(12), submit,
+                                              lambda: next(limits), recheck_s=0.0):
+            done.append(future.result())
+            with lock:
+                outstanding[0] -= 1
+    assert sorted(done) == list(range(12))
+    assert peak[:3] == [1, 1, 1] and max(peak) == 3
 
 
 def test_in_flight_defaults_to_twice_the_clusters_threads():

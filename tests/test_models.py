@@ -175,7 +175,7 @@ def test_vectorised_label_sampling_equals_grid_sample_per_slice():
         np.testing.assert_allclose(top[sel], expected_top.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_regions_too_large_to_be_one_calcification_keep_no_label():
+def test_regions_too_large_to_be_one_calcification_keep_no_label(monkeypatch):
     from calcpipe.models.segment import in_oversized_regions, oversized_regions
 
     candidates = np.zeros((4, 10, 10), dtype=bool)
@@ -197,12 +197,25 @@ def test_regions_too_large_to_be_one_calcification_keep_no_label():
     seed = np.array([np.ravel_multi_index((1, 2, 30), rod.shape)])
     assert in_oversized_regions(rod, seed, (1.0, 1.0, 1.0), 50.0, margin=(1, 1, 2))[0]
     assert not in_oversized_regions(rod, seed, (1.0, 1.0, 1.0), 70.0, margin=(1, 1, 2))[0]
-    rng = np.random.default_rng(3)
-    noise = rng.random((6, 40, 40)) > 0.62
-    at = rng.choice(np.flatnonzero(noise), 25, replace=False)
-    for limit in (3.0, 30.0, 300.0):
-        assert (in_oversized_regions(noise, at, (1.0, 1.0, 1.0), limit, margin=(1, 4, 4))
-                == oversized_regions(noise, (1.0, 1.0, 1.0), limit).ravel()[at]).all()
+    # sparse random regions (below 26-connected percolation), asked about in the middle:
+    # windows with inner faces, some regions measured there and some on the whole volume
+    import calcpipe.models.segment as segment
+
+    noise = np.random.default_rng(3).random((12, 80, 80)) > 0.9
+    middle = np.zeros(noise.shape, dtype=bool)
+    middle[5:7, 30:50, 30:50] = True
+    at = np.random.default_rng(1).choice(np.flatnonzero(noise & middle), 6, replace=False)
+    whole_volume, large = [], []
+    monkeypatch.setattr(segment, "oversized_regions",
+                        lambda *a: whole_volume.append(1) or oversized_regions(*a))
+    for limit in (2.0, 5.0, 10.0, 40.0):
+        truth = oversized_regions(noise, (1.0, 1.0, 1.0), limit).ravel()[at]
+        assert (in_oversized_regions(noise, at, (1.0, 1.0, 1.0), limit, margin=(3, 12, 12))
+                == truth).all()
+        large.append(int(truth.sum()))
+    assert 0 < min(large) and min(large) < 6  # some regions too large, some not
+    assert 0 < len(whole_volume) < 4  # the window decided some limits alone
+    assert not in_oversized_regions(noise, np.zeros(0, np.intp), (1.0, 1.0, 1.0), 1.0).size
 
     # the shipped network: a 30 mm bone-like block (27 cm^3) near the heart gets no label
     rendered = render_study(sample_spec(2024, 0, matrix=128))

@@ -304,6 +304,8 @@ def in_oversized_regions(candidates: npt.NDArray[np.bool_], at: npt.NDArray[np.i
     window's inner edge is measured on the whole volume instead."""
     from scipy import ndimage
 
+    if not at.size:
+        return np.zeros(0, dtype=bool)
     points = np.unravel_index(at, candidates.shape)
     window = tuple(slice(max(int(p.min()) - m, 0), min(int(p.max()) + m + 1, n))
                    for p, m, n in zip(points, margin, candidates.shape, strict=True))
