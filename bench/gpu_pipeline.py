@@ -141,14 +141,18 @@ class Sampler:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(device: str, precision: str, first: list[Path]) -> None:
-    """A process of the ``processes_P`` mode: one torch thread, the network loaded once and
-    warmed up (kernels, allocator) before any timed study."""
+def _segmenter(device: str, precision: str) -> UNetSegmenter:
+    """The network of one process of the process modes (one torch thread)."""
     import torch
 
     torch.set_num_threads(1)
-    segmenter = UNetSegmenter.load("default", device=device, precision=precision,
-                                   batch_size=64)
+    return UNetSegmenter.load("default", device=device, precision=precision, batch_size=64)
+
+
+def _init_worker(device: str, precision: str, first: list[Path]) -> None:
+    """A process of the ``processes_P`` mode: the network loaded once and warmed up
+    (kernels, allocator) before any timed study."""
+    segmenter = _segmenter(device, precision)
     process(first, segmenter)
     _WORKER["segmenter"] = segmenter
 
@@ -178,13 +182,9 @@ def _render_npy(args: tuple[int, int, str]) -> None:
 def _init_segment_worker(device: str, precision: str, folder: str) -> None:
     """A process of the ``segment_processes_P`` mode: every study in memory, the network
     loaded and warmed up, so that only segmentation is timed."""
-    import torch
-
-    torch.set_num_threads(1)
     _WORKER["studies"] = [(np.load(hu), tuple(np.load(str(hu).replace("hu_", "spacing_"))))
                           for hu in sorted(Path(folder).glob("hu_*.npy"))]
-    segmenter = UNetSegmenter.load("default", device=device, precision=precision,
-                                   batch_size=64)
+    segmenter = _segmenter(device, precision)
     segmenter.segment(*_WORKER["studies"][0])
     _WORKER["segmenter"] = segmenter
 
@@ -194,43 +194,39 @@ def _segment_in_worker(index: int) -> int:
     return int(np.count_nonzero(_WORKER["segmenter"].segment(hu, spacing).labels))
 
 
-def run_segment_processes(folder: str, studies: int, workers: int, device: str,
-                          precision: str, passes: int) -> dict[str, Any]:
-    """Segmentation alone in ``workers`` processes sharing the GPU (volumes in memory)."""
+def timed_pool_map(function: Any, work: list[Any], workers: int, initializer: Any,
+                   initargs: tuple[Any, ...]) -> tuple[list[Any], dict[str, Any]]:
+    """``function`` over ``work`` in ``workers`` processes (spawned: CUDA cannot be forked),
+    every one of them initialised before the clock starts; its results, studies/s and the
+    sampler's figures."""
     context = mp.get_context("spawn")
     with context.Manager() as manager, context.Pool(
-            workers, initializer=_init_segment_worker,
-            initargs=(device, precision, folder)) as pool:
+            workers, initializer=initializer, initargs=initargs) as pool:
         barrier = manager.Barrier(workers)
         pids = pool.map(_ready, [barrier] * workers, chunksize=1)
         assert len(set(pids)) == workers, "a process of the pool ran twice"
-        work = list(range(studies)) * passes
         with Sampler() as sampler:
             start = time.monotonic()
-            voxels = pool.map(_segment_in_worker, work, chunksize=1)
+            results = pool.map(function, work, chunksize=1)
             seconds = time.monotonic() - start
-    return {"studies_per_s": round(len(work) / seconds, 2), **sampler.figures(),
-            "labelled_voxels": sum(voxels) // passes}
+    return results, {"studies_per_s": round(len(work) / seconds, 2), **sampler.figures()}
+
+
+def run_segment_processes(folder: str, studies: int, workers: int, device: str,
+                          precision: str, passes: int) -> dict[str, Any]:
+    """Segmentation alone in ``workers`` processes sharing the GPU (volumes in memory)."""
+    voxels, figures = timed_pool_map(_segment_in_worker, list(range(studies)) * passes,
+                                     workers, _init_segment_worker, (device, precision, folder))
+    return {**figures, "labelled_voxels": sum(voxels) // passes}
 
 
 def run_processes(studies: list[list[Path]], workers: int, device: str, precision: str,
                   passes: int) -> dict[str, Any]:
-    """``workers`` processes (spawned: CUDA cannot be forked), all loaded before the clock
-    starts; each study scored ``passes`` times."""
-    context = mp.get_context("spawn")
-    with context.Manager() as manager, context.Pool(
-            workers, initializer=_init_worker,
-            initargs=(device, precision, studies[0])) as pool:
-        barrier = manager.Barrier(workers)
-        pids = pool.map(_ready, [barrier] * workers, chunksize=1)
-        assert len(set(pids)) == workers, "a process of the pool ran twice"
-        work = studies * passes
-        with Sampler() as sampler:
-            start = time.monotonic()
-            results = pool.map(_score_in_worker, work, chunksize=1)
-            seconds = time.monotonic() - start
-    return {"studies_per_s": round(len(work) / seconds, 2), **sampler.figures(),
-            "cac_sum": round(sum(cac for cac, _ in results) / passes, 1),
+    """End to end in ``workers`` processes sharing the GPU; each study scored ``passes``
+    times."""
+    results, figures = timed_pool_map(_score_in_worker, studies * passes, workers,
+                                      _init_worker, (device, precision, studies[0]))
+    return {**figures, "cac_sum": round(sum(cac for cac, _ in results) / passes, 1),
             "worker_peak_rss_mb": round(max(rss for _, rss in results))}
 
 
