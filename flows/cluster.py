@@ -61,12 +61,12 @@ WORKER_MALLOC_CONFIG = {"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": 1}
 WORKER_MALLOC_ENV = {"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON":  # Dask parses a literal
                      "{" + ", ".join(f'"{name}": {value!r}'
                                      for name, value in WORKER_MALLOC_CONFIG.items()) + "}"}
-#: The event loop's tick in the processes of a local cluster (Dask's default: 20 ms).
+#: The event loop's tick in the processes of a cluster (Dask's default: 20 ms).
 EVENT_LOOP_TICK = "1s"
 #: Dask's profiler off and its event-loop tick every second instead of every 20 ms in the
 #: processes of a cluster (see :func:`tuned_workers`).
 WORKER_DASK_ENV = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
-                   "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s"}
+                   "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": EVENT_LOOP_TICK}
 #: Environment every worker gets (credentials come from the platform's secrets).
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
               **WORKER_MALLOC_ENV, **WORKER_DASK_ENV}
@@ -104,10 +104,9 @@ def kubernetes_cluster_spec(name: str, *, version: str, workers: int = 2,
         "cpu": cpu or (str(studies_per_gpu + 1) if gpu else "6")}
     if gpu:
         limits["nvidia.com/gpu"] = "1"
-    worker_args = (["dask", "worker", "--name", "$(DASK_WORKER_NAME)",
-                    "--nworkers", str(studies_per_gpu), "--nthreads", "1",
-                    "--resources", "GPU=1"] if gpu else
-                   ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nthreads", "1"])
+    worker_args = ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nthreads", "1"]
+    if gpu:
+        worker_args += ["--nworkers", str(studies_per_gpu), "--resources", "GPU=1"]
     pod: dict[str, Any] = {"containers": [{
         "name": "worker", "image": image(version, gpu), "imagePullPolicy": "IfNotPresent",
         "args": worker_args, "env": env,

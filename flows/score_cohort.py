@@ -136,7 +136,7 @@ def in_flight_window(client: Client, values: Iterable[Any], submit: Callable[[An
                            if f is not None], loop=client.loop)
     for future in window:
         yield submitted.pop(future.key), future
-        if callable(in_flight) and time.monotonic() - checked >= recheck_s:
+        if time.monotonic() - checked >= recheck_s:
             current, checked = limit(), time.monotonic()
         while len(submitted) < current:
             following = submit_next()
