@@ -59,9 +59,11 @@ def _thorax_rules_on_truth(hu: np.ndarray, truth: np.ndarray,
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--studies", type=int, default=100)
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="the network's precision on this CPU (auto: as calcpipe score)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core segments while the other renders the next studies
-    segmenter = UNetSegmenter.load("default", threads=1)
+    segmenter = UNetSegmenter.load("default", threads=1, precision=args.precision)
     report = AccuracyReport()
     rules: Counter[str] = Counter()
     with ProcessPoolExecutor(1) as pool:
@@ -69,7 +71,8 @@ def main() -> int:
             result = segmenter.segment(hu, spacing, kvp=kvp)
             report.add(truth, result.labels, hu, spacing, kvp, result.confidence)
             rules.update(removed)
-    print(f"held-out synthetic cohort (seed {TEST_SEED}), shipped default model, CPU:")
+    print(f"held-out synthetic cohort (seed {TEST_SEED}), shipped default model, CPU, "
+          f"{segmenter.precision}:")
     print(format_summary(report.summary()))
     print(f"thorax rules on the true coronary voxels (lungs in view in {rules['lungs in view']} "
           f"of {args.studies} studies): of {rules['coronary voxels']:,}, "
@@ -87,7 +90,8 @@ def main() -> int:
     kvp = volume.metadata.kvp or 120
     labels = segmenter.segment(volume.hu, volume.spacing_mm, kvp=kvp)
     scores = score(volume.hu, labels.labels, volume.spacing_mm)
-    unruled = UNetSegmenter.load("default", thorax_rules=False).segment(
+    unruled = UNetSegmenter.load("default", thorax_rules=False,
+                                 precision=args.precision).segment(
         volume.hu, volume.spacing_mm, kvp=kvp)
     before = score(volume.hu, unruled.labels, volume.spacing_mm)
     cac = scores.row("CAC").agatston

@@ -268,7 +268,9 @@ def score(
         None, min=1, help="Studies outstanding on the cluster (default: twice its worker "
         "threads, at least 8)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    precision: str = typer.Option("fp32", help="fp32 or bf16 (GPU)."),
+    precision: str = typer.Option(
+        "auto", help="auto (bf16 where the GPU or CPU computes it natively, else fp32), fp32 "
+        "or bf16."),
     rescore: bool = typer.Option(
         False, help="Re-score from the stored masks under --profile (no network run)."),
     retry_failed: bool = typer.Option(

@@ -57,6 +57,27 @@ def test_folding_batch_norm_keeps_the_logits_and_drops_the_norm_layers():
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
+def test_inference_preparation_splits_the_skip_convolutions_and_keeps_the_logits():
+    from calcpipe.models.unet import SkipConv, prepare_for_inference
+
+    torch.manual_seed(1)
+    model = UNet(UNetConfig(base=4, context=1, convs_per_block=2)).eval()
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-1, 1)  # folded into the split convolutions' bias
+        norm.bias.data.uniform_(-1, 1)
+    x = torch.randn(2, 3, 48, 32)
+    with torch.inference_mode():
+        before = model(x)
+        prepare_for_inference(model)
+        after = model(x)
+        channels_last = model.to(memory_format=torch.channels_last)(
+            x.contiguous(memory_format=torch.channels_last))
+    assert all(isinstance(decoder[0], SkipConv) for decoder in model.decoders)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(channels_last, before, rtol=1e-4, atol=1e-4)
+
+
 def test_hu_transform_is_fixed_per_voxel():
     a = np.array([[-2000, 0, 130, 3000]])
     b = np.array([[-2000, 0, 130, 0]])
@@ -110,6 +131,43 @@ def test_shipped_model_loads_verified_and_segments_deterministically():
     assert np.all(rendered.hu[first.labels > 0] >= 130)
     assert first.confidence is None or 0 < first.confidence <= 1
     assert first.model_checksum == checkpoint.sha256
+
+
+def test_precision_auto_is_bf16_only_where_the_device_computes_it(monkeypatch):
+    from calcpipe.models import segment
+    from calcpipe.pipeline import ScoreParams
+
+    assert segment.resolve_precision("fp32", "cpu") == "fp32"
+    assert segment.resolve_precision("bf16", "cpu") == "bf16"
+    for avx512_bf16, amx, expected in ((True, False, "bf16"), (False, True, "bf16"),
+                                       (False, False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert segment.resolve_precision("auto", "cpu") == expected
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert segment.resolve_precision("auto", "cuda") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert segment.resolve_precision("auto", "cuda") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        segment.resolve_precision("fp16", "cpu")
+    segmenter = UNetSegmenter.load("default", threads=2)  # auto: fp32 on this mocked CPU
+    assert segmenter.precision == "fp32"
+    assert ScoreParams(source="in", out="out").precision == "auto"
+    with pytest.raises(ValueError, match="precision"):
+        ScoreParams(source="in", out="out", precision="fp16")
+
+
+def test_bf16_labels_agree_with_fp32_on_a_synthetic_study():
+    """bf16 on the CPU (autocast) moves logits by bf16 rounding: the labels of a synthetic
+    study stay almost all the same (the held-out cohort's accuracy: the model card)."""
+    rendered = render_study(sample_spec(31, 7, matrix=128))
+    labels = {p: UNetSegmenter.load("default", threads=2, precision=p).segment(
+        rendered.hu, rendered.spacing_mm) for p in ("fp32", "bf16")}
+    assert labels["bf16"].precision == "bf16" and labels["fp32"].precision == "fp32"
+    calcium = (labels["fp32"].labels > 0) | (labels["bf16"].labels > 0)
+    assert calcium.sum() > 100
+    same = labels["fp32"].labels[calcium] == labels["bf16"].labels[calcium]
+    assert same.mean() >= 0.95
 
 
 def test_damaged_shipped_model_is_refused(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ encoder features, conv, batch norm, ReLU); a final 1x1 convolution to n+1 classe
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -77,7 +77,10 @@ class UNet(nn.Module):
             x = self.pool(x)
         x = self.bottleneck(x)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips), strict=True):
-            x = decoder(torch.cat([up(x), skip], dim=1))
+            if isinstance(decoder, nn.Sequential) and isinstance(decoder[0], SkipConv):
+                x = decoder((up(x), skip))
+            else:
+                x = decoder(torch.cat([up(x), skip], dim=1))
         out: torch.Tensor = self.head(x)
         return out
 
@@ -98,4 +101,45 @@ def fold_batch_norm(model: UNet) -> UNet:
             if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
                 block[i] = fuse_conv_bn_eval(conv, norm)
                 block[i + 1] = nn.Identity()
+    return model
+
+
+class SkipConv(nn.Module):
+    """A decoder block's first convolution, over the upsampled features and the encoder's
+    skip features, as two convolutions summed: the same as convolving their concatenation
+    (the convolution is linear in its input channels), without copying both into one
+    tensor. On the CPU that copy took about a quarter of the network's time."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        upsampled = conv.in_channels // 2  # UNet concatenates [upsampled, skip]
+        self.upsampled = _conv_part(conv, slice(0, upsampled), bias=True)
+        self.skip = _conv_part(conv, slice(upsampled, conv.in_channels), bias=False)
+
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        upsampled, skip = pair
+        out: torch.Tensor = self.upsampled(upsampled).add_(self.skip(skip))
+        return out
+
+
+def _conv_part(conv: nn.Conv2d, channels: slice, bias: bool) -> nn.Conv2d:
+    part = nn.Conv2d(channels.stop - channels.start, conv.out_channels,
+                     cast(tuple[int, int], conv.kernel_size),
+                     padding=cast(tuple[int, int], conv.padding),
+                     bias=bias and conv.bias is not None)
+    part.weight.data = conv.weight.data[:, channels].clone()
+    if part.bias is not None and conv.bias is not None:
+        part.bias.data = conv.bias.data.clone()
+    return part
+
+
+def prepare_for_inference(model: UNet) -> UNet:
+    """The eval-mode network rearranged for inference, in place, with the same logits to
+    float rounding: batch norm folded into the convolutions (:func:`fold_batch_norm`) and
+    each decoder's convolution over the concatenated features split (:class:`SkipConv`).
+    The prepared network no longer trains as the paper's."""
+    fold_batch_norm(model)
+    for decoder in model.decoders:
+        if isinstance(decoder, nn.Sequential) and isinstance(decoder[0], nn.Conv2d):
+            decoder[0] = SkipConv(decoder[0])
     return model

@@ -47,7 +47,7 @@ class ScoreParams(BaseModel):
     workers: int = Field(default=2, ge=1, le=4096)
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 where the device computes it natively, else fp32
     rescore: bool = False
     retry_failed: bool = False
     plan_only: bool = False
@@ -72,8 +72,10 @@ class ScoreParams(BaseModel):
     @field_validator("precision")
     @classmethod
     def _precision(cls, value: str) -> str:
-        if value not in {"fp32", "bf16"}:
-            raise ValueError("precision is fp32 or bf16")
+        from calcpipe.models.segment import PRECISIONS
+
+        if value not in PRECISIONS:
+            raise ValueError(f"precision is one of {', '.join(PRECISIONS)}")
         return value
 
     @field_validator("cluster")

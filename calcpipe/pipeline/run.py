@@ -127,11 +127,13 @@ class Run:
         self.store = TableStore(params.out, params.storage_options or None)
         self.counts = RunCounts()
         self.report_markdown = ""
+        from calcpipe.models.segment import resolve_precision
+
         model_id, checksum = resolve_model(params.model)
         device = resolve_device(params.device)
         self.provenance = Provenance(__version__, model_id, checksum, params.profile,
-                                     device, params.precision if device != "cpu" or
-                                     params.precision == "fp32" else "fp32", self.run_id)
+                                     device, resolve_precision(params.precision, device),
+                                     self.run_id)
 
     # -- index -----------------------------------------------------------------------
     @property
