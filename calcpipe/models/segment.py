@@ -153,8 +153,9 @@ class UNetSegmenter:
         return cls(load_checkpoint(model), **kwargs)
 
     def logits(self, x: Any) -> Any:
-        """Network logits for a (N, C, H, W) batch (array or tensor), as a float32 tensor
-        on the device."""
+        """Network logits for a (N, C, H, W) batch (array or tensor), a tensor on the device
+        in the network's precision (bf16 under bf16 autocast: :func:`sample_labels` widens
+        only the values it reads)."""
         import torch
 
         batch = torch.as_tensor(x)
@@ -168,7 +169,7 @@ class UNetSegmenter:
                     out = self.model(batch)
             else:
                 out = self.model(batch)
-        return out.float()
+        return out
 
     def segment(self, hu: npt.NDArray[np.integer], spacing_mm: tuple[float, float, float],
                 *, kvp: float = 120.0) -> Segmentation:
@@ -238,10 +239,16 @@ def misplaced(values: npt.NDArray[np.uint8], points: tuple[npt.NDArray[np.intp],
 def sample_labels(logits: Any, z: npt.NDArray[np.intp], rows: npt.NDArray[np.float64],
                   cols: npt.NDArray[np.float64],
                   ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32]]:
-    """Top class and its probability at points of a (N, C, H, W) logits batch: slice ``z``,
-    model-grid position (``rows``, ``cols``) in pixel-centre coordinates, bilinear,
-    positions clamped to the grid (as ``grid_sample(..., padding_mode="border",
-    align_corners=False)``), all points in one vectorised gather, one transfer back."""
+    """Top class at points of a (N, C, H, W) logits batch, and its probability where it is
+    not background (NaN elsewhere): slice ``z``, model-grid position (``rows``, ``cols``)
+    in pixel-centre coordinates, bilinear, positions clamped to the grid (as
+    ``grid_sample(..., padding_mode="border", align_corners=False)``), all points in one
+    vectorised gather, one transfer back.
+
+    Only the gathered logits are widened to float32 (bf16 logits: the same values as
+    widening the whole batch first, without its copy), and the top probability,
+    1 / sum(exp(logit - top logit)), is computed only for calcium: most candidate voxels
+    are bone the network calls background, and only calcium's probabilities are used."""
     import torch
 
     device = logits.device
@@ -252,9 +259,16 @@ def sample_labels(logits: Any, z: npt.NDArray[np.intp], rows: npt.NDArray[np.flo
     y1, x1 = (y0 + 1).clamp_(max=h - 1), (x0 + 1).clamp_(max=w - 1)
     wy, wx = (y - y0)[:, None], (x - x0)[:, None]
     b = torch.from_numpy(z).to(device)
-    values = ((1 - wy) * ((1 - wx) * logits[b, :, y0, x0] + wx * logits[b, :, y0, x1])
-              + wy * ((1 - wx) * logits[b, :, y1, x0] + wx * logits[b, :, y1, x1]))
-    top, label = torch.softmax(values, dim=1).max(dim=1)
+
+    def at(yy: Any, xx: Any) -> Any:
+        return logits[b, :, yy, xx].float()
+
+    values = ((1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x1))
+              + wy * ((1 - wx) * at(y1, x0) + wx * at(y1, x1)))
+    top_logit, label = values.max(dim=1)
+    top = torch.full(label.shape, float("nan"), device=device)
+    calcium = label > 0
+    top[calcium] = 1.0 / torch.exp(values[calcium] - top_logit[calcium, None]).sum(dim=1)
     return label.to(torch.uint8).cpu().numpy(), top.cpu().numpy()
 
 
