@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU measurement in one call on a single-GPU machine with no network and PyTorch
 # 2.11 (run through the device tool with carry=["gpu_carry"], gpu_carry/ holding the
-# pydicom wheel): installs the carried wheels, then measures
+# pydicom and nibabel wheels: pip download --no-deps -d gpu_carry pydicom nibabel, with
+# the versions of constraints.txt): installs the carried wheels, then measures
 #   1. segmentation throughput of the shipped model on rendered volumes, and the network
 #      alone on the same inputs, with a profile of the segment call (gpu_check.py);
-#   2. the end-to-end library path, DICOM on local disk -> decode -> segment -> score: one
-#      study at a time, STUDIES_PER_GPU at once on threads, and several processes sharing
-#      the GPU (gpu_pipeline.py);
+#   2. the end-to-end library path, DICOM on local disk -> decode -> segment -> mask ->
+#      score: one study at a time, STUDIES_PER_GPU at once on threads, and several
+#      processes sharing the GPU (gpu_pipeline.py);
 #   3. segmentation alone in several processes sharing the GPU, volumes in memory
 #      (gpu_pipeline.py --segment-only).
 # Figures go to $OUT (gpu_check.json, segment_profile.txt, gpu_pipeline.json,
