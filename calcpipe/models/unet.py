@@ -108,7 +108,8 @@ class SkipConv(nn.Module):
     """A decoder block's first convolution, over the upsampled features and the encoder's
     skip features, as two convolutions summed: the same as convolving their concatenation
     (the convolution is linear in its input channels), without copying both into one
-    tensor. On the CPU that copy took about a quarter of the network's time."""
+    tensor. On the CPU that copy took about a quarter of the network's time in a profile;
+    splitting saved 8 % of fp32 segmentation there, nothing measurable in bf16."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
@@ -125,11 +126,10 @@ class SkipConv(nn.Module):
 def _conv_part(conv: nn.Conv2d, channels: slice, bias: bool) -> nn.Conv2d:
     part = nn.Conv2d(channels.stop - channels.start, conv.out_channels,
                      cast(tuple[int, int], conv.kernel_size),
-                     padding=cast(tuple[int, int], conv.padding),
-                     bias=bias and conv.bias is not None)
+                     padding=cast(tuple[int, int], conv.padding), bias=False)
     part.weight.data = conv.weight.data[:, channels].clone()
-    if part.bias is not None and conv.bias is not None:
-        part.bias.data = conv.bias.data.clone()
+    if bias and conv.bias is not None:
+        part.bias = nn.Parameter(conv.bias.detach().clone())
     return part
 
 

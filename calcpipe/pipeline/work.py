@@ -63,7 +63,7 @@ def write_mask(out_root: str, storage_options: Mapping[str, Any] | None, study_k
     from calcpipe.ingest.discover import open_filesystem
     from calcpipe.synthetic.truth import nifti_bytes
 
-    data = nifti_bytes(labels.astype(np.uint8), affine)
+    data = nifti_bytes(labels.astype(np.uint8, copy=False), affine)  # no copy of uint8
     target = mask_path(out_root, study_key)
     if "://" not in target:
         os.makedirs(os.path.dirname(target), exist_ok=True)
