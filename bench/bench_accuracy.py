@@ -56,30 +56,39 @@ def _thorax_rules_on_truth(hu: np.ndarray, truth: np.ndarray,
             "aortic chest wall": int(thorax.chest_wall(aortic).sum())}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--studies", type=int, default=100)
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="the network's precision on this CPU (auto: as calcpipe score)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)  # one core segments while the other renders the next studies
-    segmenter = UNetSegmenter.load("default", threads=1, precision=args.precision)
+def _synthetic(segmenter: UNetSegmenter, studies: int) -> None:
+    """Accuracy on the held-out synthetic cohort and the thorax rules' cost on its truth."""
     report = AccuracyReport()
     rules: Counter[str] = Counter()
     with ProcessPoolExecutor(1) as pool:
-        for hu, truth, spacing, kvp, removed in pool.map(_render, range(args.studies)):
+        for hu, truth, spacing, kvp, removed in pool.map(_render, range(studies)):
             result = segmenter.segment(hu, spacing, kvp=kvp)
             report.add(truth, result.labels, hu, spacing, kvp, result.confidence)
             rules.update(removed)
-    print(f"held-out synthetic cohort (seed {TEST_SEED}), shipped default model, CPU, "
+    print(f"held-out synthetic cohort (seed {TEST_SEED}), {segmenter.model_id}, CPU, "
           f"{segmenter.precision}:")
     print(format_summary(report.summary()))
     print(f"thorax rules on the true coronary voxels (lungs in view in {rules['lungs in view']} "
-          f"of {args.studies} studies): of {rules['coronary voxels']:,}, "
+          f"of {studies} studies): of {rules['coronary voxels']:,}, "
           + ", ".join(f"{name} {rules[name]:,}" for name in
                       ("beyond lungs", "in lung", "outside the lungs' range"))
           + f"; of {rules['aortic voxels']:,} true aortic voxels, {rules['aortic beyond lungs']:,}"
           f" beyond the lungs, chest wall {rules['aortic chest wall']:,}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--studies", type=int, default=100,
+                        help="held-out synthetic studies (0: the real scans only)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="the network's precision on this CPU (auto: as calcpipe score)")
+    parser.add_argument("--model", default="default",
+                        help="checkpoint to measure (default: the shipped model)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one core segments while the other renders the next studies
+    segmenter = UNetSegmenter.load(args.model, threads=1, precision=args.precision)
+    if args.studies:
+        _synthetic(segmenter, args.studies)
     torch.set_num_threads(2)
     chest = SHARED / "chest_ct_lung_pet_ct_dx" / "study_A0002" / "series_B40f"
     qrm = SHARED / "qrm_phantom_canon"
@@ -90,7 +99,7 @@ def main() -> int:
     kvp = volume.metadata.kvp or 120
     labels = segmenter.segment(volume.hu, volume.spacing_mm, kvp=kvp)
     scores = score(volume.hu, labels.labels, volume.spacing_mm)
-    unruled = UNetSegmenter.load("default", thorax_rules=False,
+    unruled = UNetSegmenter.load(args.model, thorax_rules=False,
                                  precision=args.precision).segment(
         volume.hu, volume.spacing_mm, kvp=kvp)
     before = score(volume.hu, unruled.labels, volume.spacing_mm)

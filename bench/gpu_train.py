@@ -14,7 +14,10 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -23,7 +26,7 @@ from calcpipe.models.checkpoint import load_checkpoint
 from calcpipe.models.segment import UNetSegmenter
 from calcpipe.models.train import TrainConfig, data_hash, prepare_study, train
 from calcpipe.models.unet import UNetConfig
-from calcpipe.synthetic import Randomisation, render_study, sample_spec
+from calcpipe.synthetic import SIMULATOR, Randomisation, render_study, sample_spec
 
 TRAIN_SEED, TEST_SEED = 1000, 9001
 CONFIG = TrainConfig(unet=UNetConfig(base=8, depth=4, convs_per_block=1, context=1),
@@ -53,11 +56,16 @@ def main() -> int:
     parser.add_argument("--val", type=int, default=25)
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--matrix", type=int, default=512)
-    parser.add_argument("--minutes", type=float, default=3.5)
+    parser.add_argument("--minutes", type=float,
+                        help="stop training after this many minutes (default: the config's)")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="gpu_out")
     parser.add_argument("--small", action="store_true", help="tiny CPU smoke run")
+    parser.add_argument("--init", help="fine-tune this checkpoint instead of starting afresh")
+    parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
+    parser.add_argument("--batch", type=int, help="batch size (default: the config's)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +80,15 @@ def main() -> int:
     if args.small:
         CONFIG = TrainConfig(unet=UNetConfig(base=4, depth=3, context=1), patch=64, batch=8,
                              max_steps=20, eval_every=10, model_spacing_mm=2.0)
+    changes = {"max_steps": args.steps, "batch": args.batch, "learning_rate": args.lr,
+               "max_minutes": args.minutes}
+    CONFIG = replace(CONFIG, **{k: v for k, v in changes.items() if v is not None})
+    init_state = None
+    if args.init:
+        init = load_checkpoint(args.init)
+        init_state = {k: torch.as_tensor(v) for k, v in init.payload["state_dict"].items()}
+        if init.payload["config"] != CONFIG.unet.to_dict():
+            parser.error(f"{args.init} has a different architecture: {init.payload['config']}")
     started = time.monotonic()
     n_train = args.train + args.val
     with ProcessPoolExecutor(args.workers) as pool:
@@ -85,13 +102,19 @@ def main() -> int:
         "data": f"synthetic cohort seed {TRAIN_SEED}, studies 0-{args.train - 1} with domain "
                 f"randomisation (train), {args.train}-{n_train - 1} calibrated (validation), "
                 f"matrix {args.matrix}",
-        "data_hash": data_hash([s.key for s in prepared]),
+        "simulator": SIMULATOR,
+        "data_hash": data_hash(prepared),
         "test_cohort": f"seed {TEST_SEED}, {args.test} studies (never used in training)",
     }
+    if args.init:
+        description["fine_tuned_from"] = f"{init.model_id} sha256 {init.sha256}"
     result = train(train_set, val_set, CONFIG, out / "default.pt", description=description,
-                   device=args.device, log=log)
+                   device=args.device, init_state=init_state, log=log)
     log(f"training: {result['steps']} steps in {result['minutes']:.1f} min, best validation "
         f"coronary Dice {result['best_val_coronary_dice']:.4f}")
+    (out / "train_log.txt").write_text("\n".join(log_lines) + "\n")
+    if not test:
+        return 0
     checkpoint = load_checkpoint(out / "default.pt")
     segmenter = UNetSegmenter(checkpoint, device=args.device, precision="fp32")
     t0 = time.monotonic()
@@ -101,8 +124,6 @@ def main() -> int:
     log("held-out accuracy (fp32):\n" + format_summary(summary))
     timings = {}
     if args.device == "cuda":
-        import torch
-
         fast = UNetSegmenter(checkpoint, device="cuda", precision="bf16", batch_size=64)
         fast.segment(*test[0][:1], test[0][2])
         torch.cuda.synchronize()

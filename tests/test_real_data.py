@@ -146,12 +146,11 @@ def test_qrm_replica_against_the_real_scan(shared_data):
 
 def test_thorax_rules_remove_chest_wall_hilar_and_abdominal_labels_on_the_real_chest_ct(
         shared_data):
-    """The synthetic-only network labels ribs and costal cartilage, hilar calcifications
-    and bowel contents of the real chest CT (no visible coronary calcium) as coronary
-    calcium; the thorax rules remove them (871 -> 21 AU when measured): nothing coronary
-    is left in the abdomen below the lungs' range (slices 0-3) or in the hila (slice 16).
-    What remains is costal cartilage of the upper abdomen (slice 5). Ribs labelled aortic
-    calcium lose their labels too (AC 2,373 -> 43 AU when measured)."""
+    """The synthetic-only network labels structures of the real chest CT (no visible
+    coronary calcium) as calcium: bowel contents of the abdomen (slice 0), a hilar
+    calcification and costal cartilage (CAC 294 AU, AC 183 AU when measured with the
+    checkpoint of 2026-11-28; 871 and 2,373 AU with the previous one). The thorax rules
+    remove all of it: the issue's target is CAC <= 10 AU."""
     from calcpipe.models.segment import CORONARY_VALUES, UNetSegmenter
     from calcpipe.scoring import score
 
@@ -163,17 +162,17 @@ def test_thorax_rules_remove_chest_wall_hilar_and_abdominal_labels_on_the_real_c
         scores = score(volume.hu, labels, volume.spacing_mm)
         cac[rules], ac[rules] = scores.row("CAC").agatston, scores.row("AC").agatston
         coronary[rules] = np.isin(labels, CORONARY_VALUES)
-    assert cac[False] > 300 and cac[True] < 30
-    assert ac[False] > 1000 and ac[True] < 100
-    assert coronary[False][[0, 3, 16]].any(axis=(1, 2)).all()
-    assert not coronary[True][:4].any() and not coronary[True][16].any()
+    assert cac[False] > 100 and cac[True] <= 10
+    assert ac[False] > 100 and ac[True] <= 10
+    assert coronary[False][0].any() and not coronary[True].any()
 
 
 def test_whole_lesion_labelling_labels_more_of_the_real_qrm_inserts_and_nothing_outside(
         shared_data):
     """The network leaves the rims of the real QRM inserts as background; labelling lesions
-    whole by majority labels more of them (813 -> 1,052 of 1,254 voxels when measured) and
-    still nothing outside the inserts."""
+    whole by majority labels more of them (669 -> 778 of 1,254 voxels when measured with
+    the checkpoint of 2026-11-28, 813 -> 1,052 with the previous one) and still nothing
+    outside the inserts."""
     from calcpipe.models.segment import UNetSegmenter
 
     volume = load_volume(shared_data / "qrm_phantom_canon" / "dicom")
@@ -184,5 +183,5 @@ def test_whole_lesion_labelling_labels_more_of_the_real_qrm_inserts_and_nothing_
         labels = segmenter.segment(volume.hu, volume.spacing_mm, kvp=120.0).labels
         inside[whole] = int((labels[inserts] > 0).sum())
         outside[whole] = int((labels[~inserts & (volume.hu >= 130)] > 0).sum())
-    assert inside[True] >= inside[False] + 150 and inside[True] < inserts.sum()
+    assert inside[True] >= inside[False] + 80 and inside[True] < inserts.sum()
     assert outside == {False: 0, True: 0}

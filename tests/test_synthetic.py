@@ -200,3 +200,58 @@ def test_nifti_bytes_do_not_depend_on_the_arrays_memory_layout_and_read_back():
     back, back_affine = labels_from_bytes(data)
     np.testing.assert_array_equal(back, labels)
     np.testing.assert_allclose(back_affine, affine)
+
+
+def test_lower_chest_has_liver_below_the_diaphragm_and_unlabelled_calcified_cartilage():
+    """The scan reaches the upper abdomen (liver under the right dome, no lung there) and
+    calcified costal cartilage is dense but never in the calcium truth."""
+    spec = sample_spec(9001, 3, matrix=128)
+    rendered = render_study(spec)
+    anatomy, tissues = rendered.anatomy, rendered.anatomy.tissues
+    assert anatomy.diaphragm is not None
+    assert any(c.calcified for c in anatomy.cartilages)
+    n, pixel = spec.scanner.matrix, spec.scanner.pixel_mm
+    x0, y0, z0 = rendered.origin_mm
+    x = (x0 + np.arange(n) * pixel)[None, :]
+    y = (y0 + np.arange(n) * pixel)[:, None]
+    slice_z = z0 + np.arange(rendered.hu.shape[0]) * spec.scanner.slice_spacing_mm
+    clean = np.stack([tissue_slice(anatomy, x, y, float(z)) for z in slice_z])
+    lowest, middle = clean[0], clean[len(clean) // 2]
+    assert (lowest == tissues.liver).sum() > (lowest == tissues.lung).sum()
+    assert not (middle == tissues.liver).any() and (middle == tissues.lung).any()
+    # calcified cartilage: painted denser than cartilage and soft tissue, not bone
+    bone = {tissues.cortical_bone, tissues.cancellous_bone, tissues.table}
+    calcified_hu = {hu for c in anatomy.cartilages for _, _, hu, _ in c.calcified}
+    cartilage_calcium = np.isin(clean, np.float32(sorted(calcified_hu - bone)))
+    dense = cartilage_calcium & (rendered.hu >= rendered.threshold_hu)
+    assert dense.sum() > 5
+    assert not rendered.labels[dense].any()
+
+
+def test_airways_are_air_in_the_mediastinum_and_calcified_nodes_are_not_calcium_truth():
+    spec = sample_spec(9001, 3, matrix=128)
+    anatomy = render_study(spec).anatomy
+    tissues = anatomy.tissues
+    assert len(anatomy.airways) == 3 and len(anatomy.nodes) == 4
+    right_bronchus = anatomy.airways[1][0]
+    px, py, pz = right_bronchus[len(right_bronchus) // 2]
+    x = np.arange(-100.0, 100.0, 0.5)[None, :]
+    y = np.arange(-100.0, 100.0, 0.5)[:, None] + anatomy.body_centre_y
+    plane = tissue_slice(anatomy, x, y, float(pz))
+    row, col = np.argmin(np.abs(y[:, 0] - py)), np.argmin(np.abs(x[0] - px))
+    assert plane[row, col] == tissues.air
+    # a calcified node: dense at its centre, and no plaque labels it (truth comes from
+    # plaques only, so render a study whose node is calcified and check its voxels)
+    for index in range(40):
+        spec = sample_spec(9001, index, matrix=128)
+        rendered = render_study(spec)
+        calcified = [n for n in rendered.anatomy.nodes if n.calcified is not None]
+        x0, y0, z0 = rendered.origin_mm
+        pixel, dz = spec.scanner.pixel_mm, spec.scanner.slice_spacing_mm
+        for node in calcified:
+            k = round((node.centre[2] - z0) / dz)
+            r, c = round((node.centre[1] - y0) / pixel), round((node.centre[0] - x0) / pixel)
+            if 0 <= k < rendered.hu.shape[0] and rendered.hu[k, r, c] >= rendered.threshold_hu:
+                assert rendered.labels[k, r, c] == 0
+                return
+    pytest.fail("no calcified node in view in 40 studies")

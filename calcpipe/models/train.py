@@ -78,8 +78,15 @@ def split_patients(keys: Sequence[str], seed: int) -> tuple[list[str], list[str]
     return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
 
 
-def data_hash(descriptions: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(descriptions)).encode()).hexdigest()[:16]
+def data_hash(studies: Sequence[PreparedStudy]) -> str:
+    """Hash of the training data's content (keys, inputs and targets on the model grid):
+    the same keys rendered by another simulator or read from edited files hash apart."""
+    digest = hashlib.sha256()
+    for study in sorted(studies, key=lambda s: s.key):
+        digest.update(study.key.encode())
+        digest.update(np.ascontiguousarray(study.x).tobytes())
+        digest.update(np.ascontiguousarray(study.y).tobytes())
+    return digest.hexdigest()[:16]
 
 
 class _Bank:
@@ -285,9 +292,10 @@ def validation_dice(model: Any, studies: Sequence[PreparedStudy], config: TrainC
 
 def train(train_studies: Sequence[PreparedStudy], val_studies: Sequence[PreparedStudy],
           config: TrainConfig, out: str | Path, *, description: dict[str, Any],
-          device: str = "cpu", resume: bool = False,
+          device: str = "cpu", resume: bool = False, init_state: dict[str, Any] | None = None,
           log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, keep the best validation checkpoint at ``out``; return its metrics."""
+    """Train, keep the best validation checkpoint at ``out``; return its metrics.
+    ``init_state`` (a checkpoint's state dict) starts from trained weights: fine-tuning."""
     import torch
 
     from calcpipe.models.unet import UNet
@@ -297,6 +305,8 @@ def train(train_studies: Sequence[PreparedStudy], val_studies: Sequence[Prepared
     generator = torch.Generator(device=dev)
     generator.manual_seed(config.seed)
     model = UNet(config.unet).to(dev)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     warmup = min(0.5, max(0.1, 3 / config.max_steps))  # at least a few warm-up steps
@@ -435,11 +445,11 @@ def split_cohort(cohort: str | Path, config: TrainConfig,
         return [prepare_study(k, by_key[k][1], by_key[k][2], by_key[k][3], config)
                 for k in keys]
 
+    train_set, val_set = prepared(train_keys), prepared(val_keys)
     description = {"data": f"cohort {Path(cohort).name}: {len(train_keys)} train, "
                            f"{len(val_keys)} validation, {len(test_keys)} test studies",
-                   "data_hash": data_hash(list(by_key))}
-    return CohortSplit(prepared(train_keys), prepared(val_keys),
-                       [by_key[k] for k in test_keys], description)
+                   "data_hash": data_hash(train_set + val_set)}
+    return CohortSplit(train_set, val_set, [by_key[k] for k in test_keys], description)
 
 
 def evaluate_test(checkpoint: str | Path, test: list[tuple[str, Any, Any, Any, float]],

@@ -11,7 +11,13 @@ from calcpipe.synthetic.qrm import qrm_phantom, qrm_report
 from calcpipe.synthetic.render import RenderedStudy, render_study
 from calcpipe.synthetic.spec import Prevalence, Randomisation, StudySpec, sample_spec
 
+#: What the simulator draws, recorded with models trained on it (bump on visible changes).
+SIMULATOR = ("2026-11-28: chest, heart, coronary tree, great vessels, bones; lower chest "
+             "(diaphragm, liver, stomach gas), costal cartilage, airways, lymph nodes "
+             "(calcified with age)")
+
 __all__ = [
+    "SIMULATOR",
     "Prevalence",
     "Randomisation",
     "RenderedStudy",

@@ -1,4 +1,5 @@
-"""A procedural chest: body, lungs, heart, great vessels, coronary tree, bones and table.
+"""A procedural chest: body, lungs, airways, heart, great vessels, coronary tree, bones,
+costal cartilage, lymph nodes, diaphragm with liver and stomach below it, and table.
 
 Everything lives in DICOM patient coordinates (LPS millimetres: x to the patient's left,
 y posterior, z superior). :class:`Anatomy` holds one patient's randomised geometry;
@@ -34,6 +35,42 @@ class Tissues:
     disc: float = 80.0
     csf: float = 10.0
     table: float = 250.0
+    liver: float = 58.0
+    cartilage: float = 100.0
+
+
+@dataclass(frozen=True)
+class Diaphragm:
+    """Two domes (right higher, over the liver) with the abdomen below them. A dome's
+    height at a point falls with the squared distance from its top, normalised by the
+    chest cavity's semi-axes; the costophrenic recesses fall further at the back."""
+
+    right_top_z: float
+    left_top_z: float
+    drop_mm: float  # fall from a dome's top to the cavity's edge
+    posterior_drop_mm: float
+    liver_left_x: float  # the liver reaches this far to the patient's left
+    gas_bubble: tuple[float, float, float, float] | None  # x, y, z, radius (mm): stomach
+
+
+@dataclass(frozen=True)
+class Node:
+    """A mediastinal or hilar lymph node (centre mm, radius) with an optional calcified
+    core (radius, HU): granulomatous disease leaves such calcium beside the airways."""
+
+    centre: Vec
+    radius_mm: float
+    calcified: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
+class Cartilage:
+    """A costal cartilage: centre line from a rib's front end towards the sternum, its
+    radius, and calcified stretches (centre line, radius, HU, rim only)."""
+
+    points: Vec
+    radius_mm: float
+    calcified: tuple[tuple[Vec, float, float, bool], ...]
 
 
 @dataclass(frozen=True)
@@ -72,6 +109,10 @@ class Anatomy:
     mitral_centre: Vec
     mitral_radius: float
     tissues: Tissues = field(default_factory=Tissues)
+    diaphragm: Diaphragm | None = None
+    cartilages: tuple[Cartilage, ...] = ()
+    airways: tuple[tuple[Vec, float], ...] = ()  # centre lines and lumen radii
+    nodes: tuple[Node, ...] = ()
 
     def heart_local(self, p: Vec) -> Vec:
         """Patient mm -> heart frame (u, v, w) around the heart centre."""
@@ -239,7 +280,23 @@ def tissue_slice(anatomy: Anatomy, x: Vec, y: Vec, z: float, *,
         lx = side * cavity[0] * 0.52
         taper = np.sqrt(max(0.0, 1 - ((z - 10) / 190) ** 2))
         out[_ellipse(x, y, lx, cy + 5, cavity[0] * 0.45 * taper, cavity[1] * 0.85 * taper)] = t.lung
+    if anatomy.diaphragm is not None:
+        _abdomen(out, anatomy, anatomy.diaphragm, x, y, z, cavity)
+    for points, radius in anatomy.airways:
+        paint_tube(out, x, y, z, points, radius + 1.5, t.soft)
+    for points, radius in anatomy.airways:
+        paint_tube(out, x, y, z, points, radius, t.air)
+    for node in anatomy.nodes:
+        paint_tube(out, x, y, z, node.centre[None], node.radius_mm, t.soft)
+        if node.calcified is not None:
+            paint_tube(out, x, y, z, node.centre[None], *node.calcified)
     _bones(out, anatomy, x, y, z)
+    for cartilage in anatomy.cartilages:
+        paint_tube(out, x, y, z, cartilage.points, cartilage.radius_mm, t.cartilage)
+        for points, radius, hu, rim in cartilage.calcified:
+            paint_tube(out, x, y, z, points, radius, hu)
+            if rim:
+                paint_tube(out, x, y, z, points, radius - 1.2, t.cartilage)
     _heart(out, anatomy, x, y, z)
     if aorta is not None:
         paint_tube(out, x, y, z, aorta, anatomy.aorta_radius, t.blood)
@@ -297,3 +354,118 @@ def _bones(out: npt.NDArray[np.float32], anatomy: Anatomy, x: Vec, y: Vec, z: fl
                 py = anatomy.body_centre_y + ring[1] * np.cos(theta)
                 out[_ellipse(x, y, px, py, 6, 6)] = t.cortical_bone
                 out[_ellipse(x, y, px, py, 4, 4)] = t.cancellous_bone
+
+
+def _abdomen(out: npt.NDArray[np.float32], anatomy: Anatomy, d: Diaphragm, x: Vec, y: Vec,
+             z: float, cavity: tuple[float, float]) -> None:
+    """Liver and stomach fill the chest cavity below the diaphragm's domes."""
+    t = anatomy.tissues
+    cy = anatomy.body_centre_y
+    if z >= max(d.right_top_z, d.left_top_z):
+        return
+    dy = (y - cy) / cavity[1]
+    behind = np.maximum(dy, 0.0) * d.posterior_drop_mm
+    heights = []
+    for side, top in ((-1, d.right_top_z), (1, d.left_top_z)):
+        dx = (x - side * cavity[0] * 0.5) / cavity[0]
+        heights.append(top - d.drop_mm * (dx * dx + dy * dy) - behind)
+    below = (z < np.maximum(*heights)) & _ellipse(x, y, 0, cy, *cavity)
+    liver = below & (x < d.liver_left_x)
+    out[below] = t.soft
+    out[liver] = t.liver
+    if d.gas_bubble is not None:
+        gx, gy, gz, radius = d.gas_bubble
+        r2 = radius * radius - (z - gz) ** 2
+        if r2 > 0:
+            out[below & ~liver & (((x - gx) ** 2 + (y - gy) ** 2) <= r2)] = t.air
+
+
+def heart_bottom_z(anatomy: Anatomy) -> float:
+    """Lowest z of the heart's ellipsoid."""
+    extent = np.sqrt(sum((axis * anatomy.heart_frame[k, 2]) ** 2
+                         for k, axis in enumerate(anatomy.heart_axes)))
+    return float(anatomy.heart_centre[2] - extent)
+
+
+def add_lower_chest(anatomy: Anatomy, rng: np.random.Generator, age_years: float) -> Anatomy:
+    """Add the diaphragm (liver and stomach below it) and the costal cartilages, calcified
+    in patches more often with age: real cardiac scans reach the upper abdomen, and
+    calcified cartilage of the costal margin is dense, small and near the heart, the
+    look of coronary calcium without its context. Its calcium is not coronary: it stays
+    out of the truth labels."""
+    lateral, ap = anatomy.body_semi_axes
+    cavity = (lateral - anatomy.fat_thickness - 12, ap - anatomy.fat_thickness - 12)
+    centre = heart_bottom_z(anatomy) + rng.uniform(5, 20)
+    bubble = None
+    if rng.random() < 0.6:
+        radius = rng.uniform(10, 25)
+        bubble = (cavity[0] * rng.uniform(0.35, 0.6), anatomy.body_centre_y - cavity[1]
+                  * rng.uniform(0.0, 0.4), centre - rng.uniform(15, 35), radius)
+    diaphragm = Diaphragm(
+        right_top_z=centre + rng.uniform(10, 25), left_top_z=centre + rng.uniform(0, 15),
+        drop_mm=rng.uniform(40, 70), posterior_drop_mm=rng.uniform(20, 50),
+        liver_left_x=rng.uniform(-10, 40), gas_bubble=bubble)
+    # The ribs reach the front at theta 0.88 pi (see _bones); their cartilages go on
+    # towards the sternum, the lower ones (the costal margin) rising as they go.
+    ring = (lateral - anatomy.fat_thickness - 8, ap - anatomy.fat_thickness - 8)
+    p_calcified = float(np.clip((age_years - 30) / 60, 0.05, 0.85))
+    cartilages = []
+    for rib_z in anatomy.rib_z:
+        margin = rib_z - 0.88 * 45.0 < centre  # below the diaphragm: the costal margin
+        # the lower ribs' bone ends further out; their cartilage covers the rest
+        front = rng.uniform(0.72, 0.82) if margin else 0.88
+        rise = rng.uniform(10, 40) if margin else rng.uniform(-3, 3)
+        end_z = rib_z - front * 45.0
+        for side in (-1, 1):
+            theta = np.linspace(front, rng.uniform(0.94, 0.97), 16) * np.pi
+            frac = (theta - theta[0]) / (theta[-1] - theta[0])
+            points = _polyline(list(np.stack([
+                side * ring[0] * np.sin(theta), anatomy.body_centre_y + ring[1] * np.cos(theta),
+                end_z + rise * frac], axis=1)))
+            radius = rng.uniform(3.5, 6.0)
+            calcified = []
+            if rng.random() < p_calcified:
+                for _ in range(int(rng.integers(1, 4))):
+                    length = int(rng.integers(6, 30))  # points, 0.5 mm apart
+                    first = int(rng.integers(0, max(1, len(points) - length)))
+                    rim = bool(rng.random() < 0.4)
+                    core = radius if rim else rng.uniform(1.0, min(3.0, radius - 0.5))
+                    calcified.append((points[first : first + length], float(core),
+                                      float(rng.uniform(250, 900)), rim))
+            cartilages.append(Cartilage(points, float(radius), tuple(calcified)))
+    airways, nodes = _airways_and_nodes(anatomy, rng, age_years)
+    return _replace(anatomy, diaphragm=diaphragm, cartilages=tuple(cartilages),
+                    airways=airways, nodes=nodes)
+
+
+def _airways_and_nodes(anatomy: Anatomy, rng: np.random.Generator, age_years: float,
+                       ) -> tuple[tuple[tuple[Vec, float], ...], tuple[Node, ...]]:
+    """Trachea and main bronchi in front of the spine, dividing above the heart, and lymph
+    nodes beside them (paratracheal, subcarinal, hilar), some calcified."""
+    sx, sy = anatomy.spine_xy
+    front = sy - anatomy.vertebral_radius * 0.85 - rng.uniform(12, 20)
+    heart_top = 2 * anatomy.heart_centre[2] - heart_bottom_z(anatomy)
+    carina = np.array([sx + rng.uniform(-4, 4), front, heart_top + rng.uniform(5, 25)])
+    lateral = anatomy.body_semi_axes[0] - anatomy.fat_thickness - 12
+    trachea = _polyline([carina + np.array([0.0, 0.0, 200.0]), carina])
+    right_end = carina + np.array([-lateral * rng.uniform(0.25, 0.32), rng.uniform(0, 10),
+                                   -rng.uniform(20, 30)])
+    left_end = carina + np.array([lateral * rng.uniform(0.3, 0.4), rng.uniform(0, 12),
+                                  -rng.uniform(25, 40)])
+    radius = rng.uniform(7, 10)
+    airways = ((trachea, radius), (_polyline([carina, right_end]), radius * 0.75),
+               (_polyline([carina, left_end]), radius * 0.65))
+    sites = [carina + np.array([rng.uniform(-8, 8), rng.uniform(5, 15), -rng.uniform(12, 20)]),
+             right_end + np.array([rng.uniform(-5, 5), rng.uniform(-10, 0), rng.uniform(-8, 8)]),
+             left_end + np.array([rng.uniform(-5, 5), rng.uniform(-10, 0), rng.uniform(-8, 8)]),
+             carina + np.array([-radius - rng.uniform(6, 10), rng.uniform(-5, 5),
+                                rng.uniform(10, 30)])]
+    p_calcified = float(np.clip((age_years - 30) / 150, 0.05, 0.35))
+    nodes = []
+    for site in sites:
+        size = rng.uniform(3.0, 7.0)
+        core = None
+        if rng.random() < p_calcified:
+            core = (float(rng.uniform(1.0, size - 0.5)), float(rng.uniform(250, 1100)))
+        nodes.append(Node(site, float(size), core))
+    return airways, tuple(nodes)

@@ -13,6 +13,7 @@ from calcpipe.synthetic import physics
 from calcpipe.synthetic.anatomy import (
     Anatomy,
     Tissues,
+    add_lower_chest,
     aorta_centreline,
     sample_anatomy,
     tissue_slice,
@@ -62,6 +63,8 @@ def render_study(spec: StudySpec) -> RenderedStudy:
     scanner = spec.scanner
     anatomy = sample_anatomy(rng, scale=float(rng.uniform(*rand.anatomy_scale)),
                              tissues=_tissues(rng, rand.tissue_hu_jitter))
+    # drawn from a stream of their own: a calibrated study keeps its geometry and calcium
+    anatomy = add_lower_chest(anatomy, np.random.default_rng([spec.seed, 1]), spec.age_years)
     n, pixel = scanner.matrix, scanner.pixel_mm
     x0 = -n / 2 * pixel + pixel / 2
     y0 = anatomy.body_centre_y - n / 2 * pixel + pixel / 2
