@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,7 +21,13 @@ from calcpipe.models.preprocess import (
     to_model_grid,
 )
 from calcpipe.models.segment import ThresholdSegmenter, UNetSegmenter
-from calcpipe.models.train import TrainConfig, prepare_study, split_patients, train
+from calcpipe.models.train import (
+    TrainConfig,
+    data_hash,
+    prepare_study,
+    split_patients,
+    train,
+)
 from calcpipe.models.unet import UNet, UNetConfig
 from calcpipe.synthetic import render_study, sample_spec
 
@@ -206,6 +213,26 @@ def test_training_smoke_run_writes_an_auditable_checkpoint(tmp_path):
     resumed = train(prepared[:2], prepared[2:], config, tmp_path / "m.pt",
                     description={"data": "smoke"}, resume=True, log=lambda _: None)
     assert resumed["steps"] == 6  # already finished: nothing more to do
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_the_data_hash_follows_content(
+        tmp_path):
+    config = TrainConfig(unet=UNetConfig(base=4, depth=3, context=1), model_spacing_mm=2.0,
+                         patch=64, batch=2, max_steps=4, eval_every=4, learning_rate=1e-12)
+    studies = [render_study(sample_spec(41, i, matrix=96)) for i in range(2)]
+    prepared = [prepare_study(str(i), r.hu, r.labels, r.spacing_mm, config)
+                for i, r in enumerate(studies)]
+    start = {k: torch.full_like(v, 0.01) if v.is_floating_point() else v
+             for k, v in UNet(config.unet).state_dict().items()}
+    train(prepared[:1], prepared[1:], config, tmp_path / "ft.pt", description={"data": "ft"},
+          init_state=start, log=lambda _: None)
+    weights = ckpt.load_checkpoint(tmp_path / "ft.pt").payload["state_dict"]
+    # four steps at a negligible learning rate: the weights are still the starting ones
+    conv = next(k for k, v in start.items() if v.is_floating_point() and v.dim() == 4)
+    np.testing.assert_allclose(np.asarray(weights[conv]), 0.01, atol=1e-6)
+    assert data_hash(prepared) == data_hash(prepared[::-1])
+    edited = [prepared[0], replace(prepared[1], y=np.zeros_like(prepared[1].y))]
+    assert prepared[1].y.any() and data_hash(edited) != data_hash(prepared)
 
 
 def test_vectorised_label_sampling_equals_grid_sample_per_slice():

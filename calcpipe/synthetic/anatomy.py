@@ -388,11 +388,12 @@ def heart_bottom_z(anatomy: Anatomy) -> float:
 
 
 def add_lower_chest(anatomy: Anatomy, rng: np.random.Generator, age_years: float) -> Anatomy:
-    """Add the diaphragm (liver and stomach below it) and the costal cartilages, calcified
-    in patches more often with age: real cardiac scans reach the upper abdomen, and
-    calcified cartilage of the costal margin is dense, small and near the heart, the
-    look of coronary calcium without its context. Its calcium is not coronary: it stays
-    out of the truth labels."""
+    """Add the diaphragm (liver and stomach below it), the costal cartilages, the airways
+    and lymph nodes beside them, cartilage and nodes calcified more often with age. Real
+    cardiac scans reach the upper abdomen and the carina, and calcified cartilage of the
+    costal margin or a calcified node beside a bronchus is dense, small and near the heart:
+    the look of coronary calcium without its context. That calcium stays out of the truth
+    labels."""
     lateral, ap = anatomy.body_semi_axes
     cavity = (lateral - anatomy.fat_thickness - 12, ap - anatomy.fat_thickness - 12)
     centre = heart_bottom_z(anatomy) + rng.uniform(5, 20)
