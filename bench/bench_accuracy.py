@@ -65,7 +65,8 @@ def _synthetic(segmenter: UNetSegmenter, studies: int) -> None:
             result = segmenter.segment(hu, spacing, kvp=kvp)
             report.add(truth, result.labels, hu, spacing, kvp, result.confidence)
             rules.update(removed)
-    print(f"held-out synthetic cohort (seed {TEST_SEED}), {segmenter.model_id}, CPU, "
+    print(f"held-out synthetic cohort (seed {TEST_SEED}), {segmenter.model_id} "
+          f"(sha256 {segmenter.model_checksum[:12]}), CPU, "
           f"{segmenter.precision}:")
     print(format_summary(report.summary()))
     print(f"thorax rules on the true coronary voxels (lungs in view in {rules['lungs in view']} "
