@@ -17,6 +17,11 @@ import numpy.typing as npt
 
 Vec = np.ndarray  # float64 arrays; numpy's dtype typing is too strict for mixing
 
+#: A rib descends this far (mm) from the spine to the sternum; its bone spans this part
+#: of that half turn (0 at the spine, 1 at the sternum), costal cartilage the rest.
+RIB_DESCENT_MM = 45.0
+RIB_BONE = (0.12, 0.88)
+
 
 @dataclass(frozen=True)
 class Tissues:
@@ -113,6 +118,18 @@ class Anatomy:
     cartilages: tuple[Cartilage, ...] = ()
     airways: tuple[tuple[Vec, float], ...] = ()  # centre lines and lumen radii
     nodes: tuple[Node, ...] = ()
+
+    @property
+    def cavity_semi_axes(self) -> tuple[float, float]:
+        """The chest cavity: inside fat and 12 mm of muscle."""
+        lateral, ap = self.body_semi_axes
+        return (lateral - self.fat_thickness - 12, ap - self.fat_thickness - 12)
+
+    @property
+    def rib_ring_semi_axes(self) -> tuple[float, float]:
+        """The ellipse the ribs and costal cartilages follow, 8 mm inside the fat."""
+        lateral, ap = self.body_semi_axes
+        return (lateral - self.fat_thickness - 8, ap - self.fat_thickness - 8)
 
     def heart_local(self, p: Vec) -> Vec:
         """Patient mm -> heart frame (u, v, w) around the heart centre."""
@@ -273,7 +290,7 @@ def tissue_slice(anatomy: Anatomy, x: Vec, y: Vec, z: float, *,
     out[_ellipse(x, y, 0, cy, lateral, ap)] = t.fat
     inner = (lateral - anatomy.fat_thickness, ap - anatomy.fat_thickness)
     out[_ellipse(x, y, 0, cy, *inner)] = t.muscle
-    cavity = (inner[0] - 12, inner[1] - 12)
+    cavity = anatomy.cavity_semi_axes
     out[_ellipse(x, y, 0, cy, *cavity)] = t.soft
     # lungs: two ellipsoids beside the mediastinum, tapering towards the apices
     for side in (-1, 1):
@@ -281,7 +298,7 @@ def tissue_slice(anatomy: Anatomy, x: Vec, y: Vec, z: float, *,
         taper = np.sqrt(max(0.0, 1 - ((z - 10) / 190) ** 2))
         out[_ellipse(x, y, lx, cy + 5, cavity[0] * 0.45 * taper, cavity[1] * 0.85 * taper)] = t.lung
     if anatomy.diaphragm is not None:
-        _abdomen(out, anatomy, anatomy.diaphragm, x, y, z, cavity)
+        _abdomen(out, anatomy, anatomy.diaphragm, x, y, z)
     for points, radius in anatomy.airways:
         paint_tube(out, x, y, z, points, radius + 1.5, t.soft)
     for points, radius in anatomy.airways:
@@ -344,11 +361,10 @@ def _bones(out: npt.NDArray[np.float32], anatomy: Anatomy, x: Vec, y: Vec, z: fl
     out[_ellipse(x, y, stx, sty, 12, 4)] = t.cancellous_bone
     # ribs descend from the spine towards the front: each crosses the plane where its
     # height matches, once on each side
-    lateral, ap = anatomy.body_semi_axes
-    ring = (lateral - anatomy.fat_thickness - 8, ap - anatomy.fat_thickness - 8)
+    ring = anatomy.rib_ring_semi_axes
     for rib_z in anatomy.rib_z:
-        theta = (rib_z - z) / 45.0 * np.pi  # 0 at the spine, pi at the sternum
-        if 0.12 * np.pi < theta < 0.88 * np.pi:
+        theta = (rib_z - z) / RIB_DESCENT_MM * np.pi  # 0 at the spine, pi at the sternum
+        if RIB_BONE[0] * np.pi < theta < RIB_BONE[1] * np.pi:
             for side in (-1, 1):
                 px = side * ring[0] * np.sin(theta)
                 py = anatomy.body_centre_y + ring[1] * np.cos(theta)
@@ -357,9 +373,10 @@ def _bones(out: npt.NDArray[np.float32], anatomy: Anatomy, x: Vec, y: Vec, z: fl
 
 
 def _abdomen(out: npt.NDArray[np.float32], anatomy: Anatomy, d: Diaphragm, x: Vec, y: Vec,
-             z: float, cavity: tuple[float, float]) -> None:
+             z: float) -> None:
     """Liver and stomach fill the chest cavity below the diaphragm's domes."""
     t = anatomy.tissues
+    cavity = anatomy.cavity_semi_axes
     cy = anatomy.body_centre_y
     if z >= max(d.right_top_z, d.left_top_z):
         return
@@ -394,8 +411,7 @@ def add_lower_chest(anatomy: Anatomy, rng: np.random.Generator, age_years: float
     costal margin or a calcified node beside a bronchus is dense, small and near the heart:
     the look of coronary calcium without its context. That calcium stays out of the truth
     labels."""
-    lateral, ap = anatomy.body_semi_axes
-    cavity = (lateral - anatomy.fat_thickness - 12, ap - anatomy.fat_thickness - 12)
+    cavity = anatomy.cavity_semi_axes
     centre = heart_bottom_z(anatomy) + rng.uniform(5, 20)
     bubble = None
     if rng.random() < 0.6:
@@ -406,17 +422,17 @@ def add_lower_chest(anatomy: Anatomy, rng: np.random.Generator, age_years: float
         right_top_z=centre + rng.uniform(10, 25), left_top_z=centre + rng.uniform(0, 15),
         drop_mm=rng.uniform(40, 70), posterior_drop_mm=rng.uniform(20, 50),
         liver_left_x=rng.uniform(-10, 40), gas_bubble=bubble)
-    # The ribs reach the front at theta 0.88 pi (see _bones); their cartilages go on
-    # towards the sternum, the lower ones (the costal margin) rising as they go.
-    ring = (lateral - anatomy.fat_thickness - 8, ap - anatomy.fat_thickness - 8)
+    # The ribs' bone ends at RIB_BONE[1] of their half turn (see _bones); their cartilages
+    # go on towards the sternum, the lower ones (the costal margin) rising as they go.
+    ring = anatomy.rib_ring_semi_axes
     p_calcified = float(np.clip((age_years - 30) / 60, 0.05, 0.85))
     cartilages = []
     for rib_z in anatomy.rib_z:
-        margin = rib_z - 0.88 * 45.0 < centre  # below the diaphragm: the costal margin
+        margin = rib_z - RIB_BONE[1] * RIB_DESCENT_MM < centre  # below the diaphragm
         # the lower ribs' bone ends further out; their cartilage covers the rest
-        front = rng.uniform(0.72, 0.82) if margin else 0.88
+        front = rng.uniform(0.72, 0.82) if margin else RIB_BONE[1]
         rise = rng.uniform(10, 40) if margin else rng.uniform(-3, 3)
-        end_z = rib_z - front * 45.0
+        end_z = rib_z - front * RIB_DESCENT_MM
         for side in (-1, 1):
             theta = np.linspace(front, rng.uniform(0.94, 0.97), 16) * np.pi
             frac = (theta - theta[0]) / (theta[-1] - theta[0])
@@ -447,7 +463,7 @@ def _airways_and_nodes(anatomy: Anatomy, rng: np.random.Generator, age_years: fl
     front = sy - anatomy.vertebral_radius * 0.85 - rng.uniform(12, 20)
     heart_top = 2 * anatomy.heart_centre[2] - heart_bottom_z(anatomy)
     carina = np.array([sx + rng.uniform(-4, 4), front, heart_top + rng.uniform(5, 25)])
-    lateral = anatomy.body_semi_axes[0] - anatomy.fat_thickness - 12
+    lateral = anatomy.cavity_semi_axes[0]
     trachea = _polyline([carina + np.array([0.0, 0.0, 200.0]), carina])
     right_end = carina + np.array([-lateral * rng.uniform(0.25, 0.32), rng.uniform(0, 10),
                                    -rng.uniform(20, 30)])
