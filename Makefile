@@ -29,6 +29,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_load_volume.py
 	$(PY) bench/bench_scoring.py
+	$(PY) bench/bench_masks.py
 	$(PY) bench/bench_synthetic.py
 	$(PY) bench/bench_discovery.py
 	$(PY) bench/bench_segmentation.py
