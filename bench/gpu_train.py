@@ -27,8 +27,10 @@ from calcpipe.models.segment import UNetSegmenter
 from calcpipe.models.train import TrainConfig, data_hash, prepare_study, train
 from calcpipe.models.unet import UNetConfig
 from calcpipe.synthetic import SIMULATOR, Randomisation, render_study, sample_spec
+from calcpipe.synthetic.phantom import render_phantom
 
 TRAIN_SEED, TEST_SEED = 1000, 9001
+PHANTOM_SEED = 2000  # bench_accuracy's held-out phantoms come from 9002
 CONFIG = TrainConfig(unet=UNetConfig(base=8, depth=4, convs_per_block=1, context=1),
                      model_spacing_mm=1.0, patch=160, batch=64, max_steps=6000,
                      eval_every=250, patience=8)
@@ -43,6 +45,13 @@ def _prepared(args: tuple[int, int, bool, int]) -> object:
                          rendered.spacing_mm, CONFIG)
 
 
+def _prepared_phantom(args: tuple[int, int]) -> object:
+    seed, index = args
+    phantom = render_phantom(seed, index)
+    return prepare_study(f"phantom{seed}:{index}", phantom.hu, phantom.labels,
+                         phantom.spacing_mm, CONFIG)
+
+
 def _raw(args: tuple[int, int, int]) -> tuple[object, object, object, float]:
     seed, index, matrix = args
     spec = sample_spec(seed, index, matrix=matrix)
@@ -55,6 +64,10 @@ def main() -> int:
     parser.add_argument("--train", type=int, default=150)
     parser.add_argument("--val", type=int, default=25)
     parser.add_argument("--test", type=int, default=100)
+    parser.add_argument("--phantoms", type=int, default=0,
+                        help="randomised calcium phantoms added to the training set")
+    parser.add_argument("--val-phantoms", type=int, default=0,
+                        help="randomised calcium phantoms added to the validation set")
     parser.add_argument("--matrix", type=int, default=512)
     parser.add_argument("--minutes", type=float,
                         help="stop training after this many minutes (default: the config's)")
@@ -94,15 +107,23 @@ def main() -> int:
     with ProcessPoolExecutor(args.workers) as pool:
         prepared = list(pool.map(_prepared, [(TRAIN_SEED, i, i < args.train, args.matrix)
                                             for i in range(n_train)]))
+        phantoms = list(pool.map(_prepared_phantom, [
+            (PHANTOM_SEED, i) for i in range(args.phantoms + args.val_phantoms)]))
         test = list(pool.map(_raw, [(TEST_SEED, i, args.matrix) for i in range(args.test)]))
-    log(f"rendered {n_train} training/validation and {args.test} test studies in "
-        f"{time.monotonic() - started:.0f} s")
-    train_set, val_set = prepared[: args.train], prepared[args.train :]
+    log(f"rendered {n_train} training/validation studies, {len(phantoms)} phantoms and "
+        f"{args.test} test studies in {time.monotonic() - started:.0f} s")
+    train_set = prepared[: args.train] + phantoms[: args.phantoms]
+    val_set = prepared[args.train :] + phantoms[args.phantoms :]
+    prepared += phantoms
     description = {
         "data": f"synthetic cohort seed {TRAIN_SEED}, studies 0-{args.train - 1} with domain "
                 f"randomisation (train), {args.train}-{n_train - 1} calibrated (validation), "
                 f"matrix {args.matrix}",
         "simulator": SIMULATOR,
+        "phantoms": (f"calcpipe.synthetic.phantom seed {PHANTOM_SEED}, phantoms "
+                     f"0-{args.phantoms - 1} (train), {args.phantoms}-"
+                     f"{args.phantoms + args.val_phantoms - 1} (validation); insert "
+                     f"calcium labelled LAD by convention") if phantoms else "none",
         "data_hash": data_hash(prepared),
         "test_cohort": f"seed {TEST_SEED}, {args.test} studies (never used in training)",
     }

@@ -147,10 +147,11 @@ def test_qrm_replica_against_the_real_scan(shared_data):
 def test_thorax_rules_remove_chest_wall_hilar_and_abdominal_labels_on_the_real_chest_ct(
         shared_data):
     """The synthetic-only network labels structures of the real chest CT (no visible
-    coronary calcium) as calcium: bowel contents of the abdomen (slice 0), a hilar
-    calcification and costal cartilage (CAC 294 AU, AC 183 AU when measured with the
-    checkpoint of 2026-11-28; 871 and 2,373 AU with the previous one). The thorax rules
-    remove all of it: the issue's target is CAC <= 10 AU."""
+    coronary calcium) as coronary calcium: the checkpoint trained with phantoms a 106-voxel
+    structure beyond the lungs in slice 15 as RCA (CAC 473 AU, AC 0); the one before also
+    bowel contents of the abdomen (slice 0), a hilar calcification and costal cartilage
+    (294 and 183 AU; the first 871 and 2,373 AU). The thorax rules remove all of it: the
+    issue's target is CAC <= 10 AU."""
     from calcpipe.models.segment import CORONARY_VALUES, UNetSegmenter
     from calcpipe.scoring import score
 
@@ -163,16 +164,16 @@ def test_thorax_rules_remove_chest_wall_hilar_and_abdominal_labels_on_the_real_c
         cac[rules], ac[rules] = scores.row("CAC").agatston, scores.row("AC").agatston
         coronary[rules] = np.isin(labels, CORONARY_VALUES)
     assert cac[False] > 100 and cac[True] <= 10
-    assert ac[False] > 100 and ac[True] <= 10
-    assert coronary[False][0].any() and not coronary[True].any()
+    assert ac[True] <= 10
+    assert coronary[False].any() and not coronary[True].any()
 
 
 def test_whole_lesion_labelling_labels_more_of_the_real_qrm_inserts_and_nothing_outside(
         shared_data):
     """The network leaves the rims of the real QRM inserts as background; labelling lesions
-    whole by majority labels more of them (669 -> 778 of 1,254 voxels when measured with
-    the checkpoint of 2026-11-28, 813 -> 1,052 with the previous one) and still nothing
-    outside the inserts."""
+    whole by majority labels more of them (1,006 -> 1,175 of 1,254 voxels when measured
+    with the checkpoint trained with phantoms, 669 -> 778 with the one before) and still
+    nothing outside the inserts."""
     from calcpipe.models.segment import UNetSegmenter
 
     volume = load_volume(shared_data / "qrm_phantom_canon" / "dicom")
@@ -185,3 +186,32 @@ def test_whole_lesion_labelling_labels_more_of_the_real_qrm_inserts_and_nothing_
         outside[whole] = int((labels[~inserts & (volume.hu >= 130)] > 0).sum())
     assert inside[True] >= inside[False] + 80 and inside[True] < inserts.sum()
     assert outside == {False: 0, True: 0}
+
+
+def test_shipped_model_labels_every_real_qrm_insert_of_3_and_5_mm_as_calcium(shared_data):
+    """Trained with randomised phantoms (calcpipe.synthetic.phantom), the network labels
+    the calcium of each 3 and 5 mm insert of the real QRM scan (those the FQM reference
+    scores), at least 75 % of each one's voxels in Agatston lesions (>= 1 mm^2; measured
+    78-100 %), and nothing else. The 1 mm inserts stay unlabelled (Small_HD: 13 lesion
+    voxels, peak 227 HU; the reference scores it 6.2 AU)."""
+    from scipy import ndimage
+
+    from calcpipe.models.segment import UNetSegmenter
+
+    volume = load_volume(shared_data / "qrm_phantom_canon" / "dicom")
+    rois, names = _qrm_inserts(shared_data, volume)
+    calcium = volume.hu >= 130
+    lesions = np.zeros_like(calcium)
+    for z in range(calcium.shape[0]):
+        regions, _ = ndimage.label(calcium[z], np.ones((3, 3)))
+        sizes = np.bincount(regions.ravel())
+        big = sizes * volume.spacing_mm[1] * volume.spacing_mm[2] >= 1.0
+        big[0] = False
+        lesions[z] = big[regions]
+    labels = UNetSegmenter.load("default", threads=2).segment(
+        volume.hu, volume.spacing_mm, kvp=120.0).labels
+    for value, name in names.items():
+        here = (rois == value) & lesions
+        if not name.startswith("Small"):
+            assert (labels[here] > 0).mean() >= 0.75, name
+    assert not labels[(rois == 0) & calcium].any()

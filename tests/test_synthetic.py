@@ -255,3 +255,52 @@ def test_airways_are_air_in_the_mediastinum_and_calcified_nodes_are_not_calcium_
                 assert rendered.labels[k, r, c] == 0
                 return
     pytest.fail("no calcified node in view in 40 studies")
+
+
+def test_randomised_phantom_labels_insert_calcium_and_never_rods_or_spine():
+    from calcpipe.synthetic import physics
+    from calcpipe.synthetic.phantom import PHANTOM_LABEL, render_phantom
+
+    rods_seen = 0
+    for index in range(6):
+        phantom = render_phantom(5, index)
+        again = render_phantom(5, index)
+        assert np.array_equal(phantom.hu, again.hu)  # deterministic
+        assert phantom.labels.shape == phantom.hu.shape
+        assert set(np.unique(phantom.labels)) <= {0, PHANTOM_LABEL}
+        labelled = phantom.labels > 0
+        assert (phantom.hu[labelled] >= 130).all()  # the truth threshold, both kVp
+        assert len(phantom.inserts) >= 3
+        for row, col, z, diameter, length, _density in phantom.rods:
+            rods_seen += 1
+            box, fraction = physics.cylinder_occupancy(
+                row, col, z, diameter / 2, length, slice_z0_mm=0.0,
+                spacing_mm=phantom.spacing_mm, shape=phantom.hu.shape)
+            assert not labelled[box][fraction > 0.5].any()
+        for row, col, z, diameter, length, density in phantom.inserts:
+            box, fraction = physics.cylinder_occupancy(
+                row, col, z, diameter / 2, length, slice_z0_mm=0.0,
+                spacing_mm=phantom.spacing_mm, shape=phantom.hu.shape)
+            if diameter >= 3 and density >= 300:  # visible at any slice thickness drawn
+                assert labelled[box][fraction > 0.5].any()
+        # the spine's cortex reaches calcium HU and is never calcium truth
+        bone = (phantom.hu >= 300) & ~ndimage.binary_dilation(labelled, iterations=3)
+        assert bone.sum() > 1000
+    assert rods_seen  # the draw includes calibration rods to learn from
+
+
+def test_label_maps_gzip_deterministically_and_as_small_as_level_9():
+    import gzip
+    import zlib
+
+    from calcpipe.synthetic.truth import gzip_labels, labels_from_bytes, nifti_bytes
+
+    labels = np.zeros((40, 512, 512), dtype=np.uint8)  # a study's size: sparse calcium
+    labels[5:8, 240:250, 260:264] = 2
+    labels[12, 290:295, 210:230] = 5
+    data = nifti_bytes(labels, np.eye(4))
+    assert data == nifti_bytes(labels, np.eye(4))
+    assert data[4:8] == b"\0\0\0\0"  # gzip's timestamp
+    assert np.array_equal(labels_from_bytes(data)[0], labels)
+    plain = gzip.decompress(data)
+    assert len(gzip_labels(plain)) <= 1.05 * len(zlib.compress(plain, 9, wbits=31))

@@ -2,8 +2,10 @@
 
 Public entry points: :func:`sample_spec` (a study's random parameters), :func:`render_study`
 (pixels and truth), :func:`write_cohort` (DICOM + truth on disk, ``calcpipe synth``),
-:func:`qrm_phantom` (a replica of the real QRM calcium phantom scan) and
-:func:`qrm_report` (the replica against the real scan's reference scores).
+:func:`qrm_phantom` (a replica of the real QRM calcium phantom scan),
+:func:`qrm_report` (the replica against the real scan's reference scores) and
+:func:`calcpipe.synthetic.phantom.render_phantom` (randomised calcium phantoms for
+training).
 """
 
 from calcpipe.synthetic.cohort import StudyOptions, preview, write_cohort, write_study

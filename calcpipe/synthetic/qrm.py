@@ -49,31 +49,6 @@ ROD_DENSITY = 200.0
 NOISE_SD_HU = 22.0
 
 
-def _cylinder_occupancy(row: float, col: float, z_mm: float, radius_mm: float,
-                        length_mm: float, samples: int = 5) -> tuple[tuple[slice, ...],
-                                                                    npt.NDArray[np.float32]]:
-    """Fraction of each voxel inside a z-aligned cylinder: supersampled in plane, and
-    weighted along z by the slice sensitivity profile."""
-    dz, dy, dx = SPACING_MM
-    r_px = radius_mm / dy + 1
-    j0, j1 = int(row - r_px), int(row + r_px) + 2
-    i0, i1 = int(col - r_px), int(col + r_px) + 2
-    zc = (z_mm - ORIGIN_MM[2]) / dz
-    k0 = max(int(zc - length_mm / dz / 2 - 2), 0)
-    k1 = min(int(zc + length_mm / dz / 2 + 3), SHAPE[0])
-    sub = (np.arange(samples) + 0.5) / samples - 0.5
-    ys = (np.arange(j0, j1)[:, None] + sub[None, :]).ravel()
-    xs = (np.arange(i0, i1)[:, None] + sub[None, :]).ravel()
-    radial = ((ys[:, None] - row) * dy) ** 2 + ((xs[None, :] - col) * dx) ** 2 <= radius_mm**2
-    ny, nx = j1 - j0, i1 - i0
-    disc = radial.reshape(ny, samples, nx, samples).mean(axis=(1, 3))
-    offsets, weights = physics.slice_profile(dz, samples=15)
-    centres_mm = (np.arange(k0, k1) - zc) * dz
-    along = (np.abs(centres_mm[:, None] + offsets[None, :]) <= length_mm / 2) @ weights
-    occupancy = along[:, None, None] * disc[None, :, :]
-    return (slice(k0, k1), slice(j0, j1), slice(i0, i1)), occupancy.astype(np.float32)
-
-
 def insert_labels(inserts_csv: str | Path, shape: tuple[int, int, int],
                   spacing_mm: tuple[float, float, float]
                   ) -> tuple[npt.NDArray[np.uint8], dict[int, str]]:
@@ -113,7 +88,9 @@ def qrm_phantom(seed: int = 0, *, noise: bool = True
     names = {}
     z_insert = ORIGIN_MM[2] + INSERT_SLICE * dz + INSERT_Z_OFFSET_MM
     for value, (name, (row, col, diameter, density)) in enumerate(INSERTS.items(), start=1):
-        box, fraction = _cylinder_occupancy(row, col, z_insert, diameter / 2, diameter)
+        box, fraction = physics.cylinder_occupancy(
+            row, col, z_insert, diameter / 2, diameter, slice_z0_mm=ORIGIN_MM[2],
+            spacing_mm=SPACING_MM, shape=SHAPE)
         hu[box] += fraction * float(physics.ha_to_hu(density, 120.0))
         roi = ((yy - row) * dy) ** 2 + ((xx - col) * dx) ** 2 <= (5.0 if diameter > 1 else 2.5) ** 2
         labels[INSERT_SLICE - 2 : INSERT_SLICE + 3, roi] = value
