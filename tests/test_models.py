@@ -358,6 +358,55 @@ def test_lesions_are_labelled_whole_or_not_at_all_by_majority():
     assert sorted(added.tolist()) == list(range(50 * 100 + 55, 50 * 100 + 95))
 
 
+def test_lesion_ends_take_the_labels_of_the_lesion_they_lie_over():
+    """An unlabelled lesion in the next slice, over labelled voxels and no larger than the
+    lesion it lies over, takes the labels of the nearest of them; one larger (bone under
+    calcium), one not over labels, or one a slice further (no chains) stays background."""
+    from calcpipe.models.segment import label_lesion_ends
+
+    candidates = np.zeros((5, 10, 12), dtype=bool)
+    labels = np.zeros((5, 10, 12), dtype=np.uint8)
+    candidates[2, 2:5, 2:5] = True  # a lesion's body: LAD left, RCA right
+    labels[2, 2:5, 2:4] = 2
+    labels[2, 2:5, 4] = 4
+    candidates[3, 3, 3:6] = True  # its end, 3 voxels, over the body
+    candidates[3, 8, 8:10] = True  # a speck not over any label
+    candidates[4, 3, 3:6] = True  # the end's own end: no chains
+    candidates[1, 0:10, 0:6] = True  # larger than the body it lies over: bone
+    before = labels.copy()
+    added = label_lesion_ends(labels, candidates)
+    assert labels[3, 3, 3:6].tolist() == [2, 4, 4]  # nearest labelled voxel of slice 2
+    assert not labels[3, 8].any() and not labels[4].any() and not labels[1].any()
+    np.testing.assert_array_equal(labels[2], before[2])
+    assert sorted(added.tolist()) == np.flatnonzero(labels != before).tolist()
+    # an end already holding a label is the network's decision: left as it is
+    labels = before.copy()
+    labels[3, 3, 3] = 7
+    label_lesion_ends(labels, candidates)
+    assert labels[3, 3].tolist()[3:6] == [7, 0, 0]
+
+
+def test_lesion_ends_do_not_depend_on_the_window():
+    """Random slices: a window around each slice's labels gives what whole slices give, and
+    the labelled voxels passed in any order give what finding them gives."""
+    from calcpipe.models.segment import label_lesion_ends
+
+    rng = np.random.default_rng(3)
+    candidates = rng.random((20, 100, 120)) < rng.choice([0.15, 0.45], size=(20, 1, 1))
+    labels = np.zeros(candidates.shape, dtype=np.uint8)
+    for z, (r, c) in enumerate(rng.integers(0, 80, size=(20, 2))):
+        box = (z, slice(r, r + 20), slice(c, c + 20))
+        labels[box] = np.where(candidates[box], rng.integers(1, 8, (20, 20)), 0)
+    windowed, whole, given = labels.copy(), labels.copy(), labels.copy()
+    added = label_lesion_ends(windowed, candidates)
+    label_lesion_ends(whole, candidates, margin=1000)
+    np.testing.assert_array_equal(windowed, whole)
+    label_lesion_ends(given, candidates, rng.permutation(np.flatnonzero(labels)))  # as segment
+    np.testing.assert_array_equal(given, whole)
+    assert added.size and sorted(added.tolist()) == np.flatnonzero(windowed != labels).tolist()
+    # (measured: 38 windows and 12 fallbacks to the whole slice)
+
+
 def test_whole_lesion_labelling_does_not_depend_on_its_window(monkeypatch):
     """Random slices: labelling a window around the labelled voxels gives what labelling
     each whole slice gives, and the voxels it reports are exactly those it labelled."""

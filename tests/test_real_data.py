@@ -147,8 +147,8 @@ def test_qrm_replica_against_the_real_scan(shared_data):
 def test_thorax_rules_remove_chest_wall_hilar_and_abdominal_labels_on_the_real_chest_ct(
         shared_data):
     """The synthetic-only network labels structures of the real chest CT (no visible
-    coronary calcium) as coronary calcium: the checkpoint trained with phantoms a 106-voxel
-    structure beyond the lungs in slice 15 as RCA (CAC 473 AU, AC 0); the one before also
+    coronary calcium) as coronary calcium: the checkpoint trained with phantoms a structure
+    beyond the lungs in slices 14-16 as RCA (CAC 524 AU, AC 0); the one before also
     bowel contents of the abdomen (slice 0), a hilar calcification and costal cartilage
     (294 and 183 AU; the first 871 and 2,373 AU). The thorax rules remove all of it: the
     issue's target is CAC <= 10 AU."""
@@ -170,9 +170,10 @@ def test_thorax_rules_remove_chest_wall_hilar_and_abdominal_labels_on_the_real_c
 
 def test_whole_lesion_labelling_labels_more_of_the_real_qrm_inserts_and_nothing_outside(
         shared_data):
-    """The network leaves the rims of the real QRM inserts as background; labelling lesions
-    whole by majority labels more of them (1,006 -> 1,175 of 1,254 voxels when measured
-    with the checkpoint trained with phantoms, 669 -> 778 with the one before) and still
+    """The network leaves the rims and faint end slices of the real QRM inserts as
+    background; labelling lesions whole by majority and their ends in the next slices
+    labels more of them (1,006 -> 1,206 of 1,254 voxels when measured with the checkpoint
+    trained with phantoms; 669 -> 778 with the one before, without the ends) and still
     nothing outside the inserts."""
     from calcpipe.models.segment import UNetSegmenter
 
@@ -191,8 +192,8 @@ def test_whole_lesion_labelling_labels_more_of_the_real_qrm_inserts_and_nothing_
 def test_shipped_model_labels_every_real_qrm_insert_of_3_and_5_mm_as_calcium(shared_data):
     """Trained with randomised phantoms (calcpipe.synthetic.phantom), the network labels
     the calcium of each 3 and 5 mm insert of the real QRM scan (those the FQM reference
-    scores), at least 75 % of each one's voxels in Agatston lesions (>= 1 mm^2; measured
-    78-100 %), and nothing else. The 1 mm inserts stay unlabelled (Small_HD: 13 lesion
+    scores), at least 90 % of each one's voxels in Agatston lesions (>= 1 mm^2; measured
+    100 %), and nothing else. The 1 mm inserts stay unlabelled (Small_HD: 13 lesion
     voxels, peak 227 HU; the reference scores it 6.2 AU)."""
     from scipy import ndimage
 
@@ -213,5 +214,5 @@ def test_shipped_model_labels_every_real_qrm_insert_of_3_and_5_mm_as_calcium(sha
     for value, name in names.items():
         here = (rois == value) & lesions
         if not name.startswith("Small"):
-            assert (labels[here] > 0).mean() >= 0.75, name
+            assert (labels[here] > 0).mean() >= 0.9, name
     assert not labels[(rois == 0) & calcium].any()

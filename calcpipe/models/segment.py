@@ -123,7 +123,8 @@ class UNetSegmenter:
     def __init__(self, checkpoint: Any, *, device: str = "cpu", precision: str = "auto",
                  batch_size: int = 16, threads: int | None = None,
                  max_region_mm3: float | None = MAX_CALCIUM_REGION_MM3,
-                 thorax_rules: bool = True, whole_lesions: bool = True) -> None:
+                 thorax_rules: bool = True, whole_lesions: bool = True,
+                 lesion_ends: bool = True) -> None:
         import torch
 
         from calcpipe.models.unet import UNet, UNetConfig, prepare_for_inference
@@ -139,6 +140,7 @@ class UNetSegmenter:
         self.max_region_mm3 = max_region_mm3
         self.thorax_rules = thorax_rules
         self.whole_lesions = whole_lesions
+        self.lesion_ends = lesion_ends
         if threads is not None:
             torch.set_num_threads(threads)
         model = UNet(self.config)
@@ -209,6 +211,9 @@ class UNetSegmenter:
         if self.whole_lesions and at.size:
             added = label_whole_lesions(labels, candidates)
             kept = labels.flat[at] > 0  # voxels it labelled have no network top-class
+            if self.lesion_ends:
+                labelled = np.concatenate([at[kept], added])
+                added = np.concatenate([added, label_lesion_ends(labels, candidates, labelled)])
             at = np.concatenate([at[kept], added])
             tops = np.concatenate([tops[kept], np.full(added.size, np.nan, np.float32)])
         if self.thorax_rules and at.size:
@@ -309,6 +314,81 @@ def label_whole_lesions(labels: npt.NDArray[np.uint8], candidates: npt.NDArray[n
                 (np.full(r.size, z), r + box[0].start + window[0].start,
                  c + box[1].start + window[1].start), labels.shape))
     return np.concatenate(added) if added else np.zeros(0, np.intp)
+
+
+def label_lesion_ends(labels: npt.NDArray[np.uint8], candidates: npt.NDArray[np.bool_],
+                      at: npt.NDArray[np.intp] | None = None, margin: int = 16,
+                      ) -> npt.NDArray[np.intp]:
+    """Label the faint ends of labelled lesions in the next slices, in place: a lesion
+    (a slice's 8-connected region of ``candidates``) with no label, lying over labelled
+    voxels of the slice above or below and no larger than the labelled lesions it lies
+    over, takes the labels of the nearest of those voxels. One slice beyond the labels as
+    they were (no chains), after :func:`label_whole_lesions`.
+
+    A calcification's last slice holds only its partial-volume edge, a few voxels just
+    above the threshold that the network leaves as background (the real QRM phantom: the
+    end slices of three inserts, 30 voxels), while its body in the next slice is labelled.
+    ``at``: the flat indices of the labelled voxels where the caller has them (finding
+    them in the whole volume costs more than the rest). Works in a window around each
+    slice's labels (``margin`` pixels), the whole slice where a lesion it would label
+    reaches the window's edge. Returns the flat indices of the voxels it labelled."""
+    at = np.flatnonzero(labels) if at is None else at
+    if not at.size:
+        return np.zeros(0, np.intp)
+    values = labels.flat[at]  # the labels as they were: no chains
+    zs, rows, cols = np.unravel_index(at, labels.shape)
+    order = np.argsort(zs, kind="stable")
+    starts = np.flatnonzero(np.diff(zs[order], prepend=-1))
+    eight = np.ones((3, 3), dtype=bool)
+    added = []
+    for part in np.split(order, starts[1:]):
+        z = int(zs[part[0]])
+        points = (rows[part], cols[part], values[part])
+        window = (slice(max(int(points[0].min()) - margin, 0), int(points[0].max()) + margin + 1),
+                  slice(max(int(points[1].min()) - margin, 0), int(points[1].max()) + margin + 1))
+        for target in (z - 1, z + 1):
+            # cheap test first: an end lies over labelled voxels, unlabelled itself
+            if (0 <= target < labels.shape[0]
+                    and (candidates[target][points[:2]]
+                         & (labels[target][points[:2]] == 0)).any()):
+                added += _label_ends(labels, candidates, points, z, target, window, eight)
+    return np.concatenate(added) if added else np.zeros(0, np.intp)
+
+
+def _label_ends(labels: npt.NDArray[np.uint8], candidates: npt.NDArray[np.bool_],
+                points: tuple[Any, Any, Any], z: int, target: int,
+                window: tuple[slice, slice], eight: npt.NDArray[np.bool_]) -> list[Any]:
+    """:func:`label_lesion_ends` from slice ``z`` (its labelled ``points``: rows, columns,
+    values) into slice ``target``, in a window of the slices."""
+    from scipy import ndimage
+
+    ends, _ = ndimage.label(candidates[target][window], structure=eight)
+    known = np.zeros(ends.shape, dtype=np.uint8)
+    known[points[0] - window[0].start, points[1] - window[1].start] = points[2]
+    over = np.unique(ends[(known > 0) & (ends > 0)])
+    over = over[~np.isin(over, ends[labels[target][window] > 0])]
+    if not over.size:
+        return []
+    edge = np.concatenate([ends[0], ends[-1], ends[:, 0], ends[:, -1]])
+    if ends.shape != labels.shape[1:] and np.isin(over, edge).any():
+        whole = (slice(0, labels.shape[1]), slice(0, labels.shape[2]))
+        return _label_ends(labels, candidates, points, z, target, whole, eight)
+    body, _ = ndimage.label(candidates[z][window] & (known > 0), structure=eight)
+    body_area, end_area = np.bincount(body.ravel()), np.bincount(ends.ravel())
+    plane = labels[target][window]
+    nearest = None
+    added = []
+    for number in over:
+        end = ends == number
+        if end_area[number] > body_area[np.unique(body[end & (body > 0)])].sum():
+            continue
+        if nearest is None:
+            _, nearest = ndimage.distance_transform_edt(known == 0, return_indices=True)
+        plane[end] = known[nearest[0][end], nearest[1][end]]
+        r, c = np.nonzero(end)
+        added.append(np.ravel_multi_index(
+            (np.full(r.size, target), r + window[0].start, c + window[1].start), labels.shape))
+    return added
 
 
 def _lesions_touched(candidates: npt.NDArray[np.bool_], labels: npt.NDArray[np.uint8],
