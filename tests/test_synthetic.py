@@ -287,6 +287,10 @@ def test_randomised_phantom_labels_insert_calcium_and_never_rods_or_spine():
         bone = (phantom.hu >= 300) & ~ndimage.binary_dilation(labelled, iterations=3)
         assert bone.sum() > 1000
     assert rods_seen  # the draw includes calibration rods to learn from
+    # a rod longer than the heart is not placed (was a crash for such a draw)
+    from calcpipe.synthetic.phantom import _place
+
+    assert _place(np.random.default_rng(0), [], (0.0, 0.0), 40.0, (0.0, 20.0), 10.0, 12.5) is None
 
 
 def test_label_maps_gzip_deterministically_and_as_small_as_level_9():

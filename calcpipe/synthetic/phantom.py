@@ -56,7 +56,10 @@ def _place(rng: np.random.Generator, placed: list[tuple[float, float, float, flo
            centre: tuple[float, float], room_mm: float, z_range: tuple[float, float],
            radius_mm: float, half_length_mm: float) -> tuple[float, float, float] | None:
     """A position (x, y, z mm) for a cylinder inside the heart, clear of those placed
-    (x, y, z, bounding radius), or None after 50 tries."""
+    (x, y, z, bounding radius), or None after 50 tries or where it is longer than the
+    heart."""
+    if z_range[1] - z_range[0] < 2 * half_length_mm:
+        return None
     for _ in range(50):
         r = (room_mm - radius_mm) * np.sqrt(rng.random())
         angle = rng.uniform(0, 2 * np.pi)
