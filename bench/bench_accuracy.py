@@ -30,7 +30,7 @@ from calcpipe.models.thorax import Thorax
 from calcpipe.scoring import score
 from calcpipe.synthetic import render_study, sample_spec
 from calcpipe.synthetic.phantom import render_phantom
-from calcpipe.synthetic.qrm import insert_labels
+from calcpipe.synthetic.qrm import insert_labels, lesion_voxels
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TEST_SEED = 9001
@@ -116,22 +116,6 @@ def _phantoms(segmenter: UNetSegmenter, phantoms: int) -> None:
           f"{max(errors) if errors else float('nan'):.1%}")
 
 
-def _agatston_lesions(calcium: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Voxels of Agatston lesions: a slice's 8-connected regions of calcium of at least
-    1 mm^2 (single noise voxels above 130 HU are not lesions)."""
-    from scipy import ndimage
-
-    out = np.zeros_like(calcium)
-    minimum = 1.0 / (spacing[1] * spacing[2])
-    for z in np.flatnonzero(calcium.any(axis=(1, 2))):
-        regions, n = ndimage.label(calcium[z], np.ones((3, 3)))
-        sizes = np.bincount(regions.ravel(), minlength=n + 1)
-        big = sizes >= minimum
-        big[0] = False
-        out[z] = big[regions]
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--studies", type=int, default=100,
@@ -173,7 +157,7 @@ def main() -> int:
     rois, names = insert_labels(qrm / "inserts.csv", volume.hu.shape, volume.spacing_mm)
     inserts = rois > 0
     calcium = volume.hu >= 130
-    lesions = _agatston_lesions(calcium, volume.spacing_mm)
+    lesions = lesion_voxels(calcium, volume.spacing_mm)
     inside = int((calcium & inserts).sum())
     labelled_inside = int(((labels > 0) & inserts).sum())
     outside = int(((labels > 0) & ~inserts).sum())

@@ -195,20 +195,13 @@ def test_shipped_model_labels_every_real_qrm_insert_of_3_and_5_mm_as_calcium(sha
     scores), at least 90 % of each one's voxels in Agatston lesions (>= 1 mm^2; measured
     100 %), and nothing else. The 1 mm inserts stay unlabelled (Small_HD: 13 lesion
     voxels, peak 227 HU; the reference scores it 6.2 AU)."""
-    from scipy import ndimage
-
     from calcpipe.models.segment import UNetSegmenter
+    from calcpipe.synthetic.qrm import lesion_voxels
 
     volume = load_volume(shared_data / "qrm_phantom_canon" / "dicom")
     rois, names = _qrm_inserts(shared_data, volume)
     calcium = volume.hu >= 130
-    lesions = np.zeros_like(calcium)
-    for z in range(calcium.shape[0]):
-        regions, _ = ndimage.label(calcium[z], np.ones((3, 3)))
-        sizes = np.bincount(regions.ravel())
-        big = sizes * volume.spacing_mm[1] * volume.spacing_mm[2] >= 1.0
-        big[0] = False
-        lesions[z] = big[regions]
+    lesions = lesion_voxels(calcium, volume.spacing_mm)
     labels = UNetSegmenter.load("default", threads=2).segment(
         volume.hu, volume.spacing_mm, kvp=120.0).labels
     for value, name in names.items():

@@ -211,11 +211,12 @@ class UNetSegmenter:
         if self.whole_lesions and at.size:
             added = label_whole_lesions(labels, candidates)
             kept = labels.flat[at] > 0  # voxels it labelled have no network top-class
-            if self.lesion_ends:
-                labelled = np.concatenate([at[kept], added])
-                added = np.concatenate([added, label_lesion_ends(labels, candidates, labelled)])
             at = np.concatenate([at[kept], added])
             tops = np.concatenate([tops[kept], np.full(added.size, np.nan, np.float32)])
+            if self.lesion_ends:
+                ends = label_lesion_ends(labels, candidates, at)
+                at = np.concatenate([at, ends])
+                tops = np.concatenate([tops, np.full(ends.size, np.nan, np.float32)])
         if self.thorax_rules and at.size:
             dropped = np.flatnonzero(misplaced(labels.flat[at], np.unravel_index(at, hu.shape),
                                                Thorax.find(hu, spacing_mm)))
