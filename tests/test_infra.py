@@ -46,6 +46,12 @@ def test_every_manifest_parses_and_names_this_version_of_the_image():
         assert text.count("\nFROM ") + text.startswith("FROM ") >= 2, "multi-stage"
         assert "USER 10001" in text and ":latest" not in text
         assert "constraints" in text and "load_checkpoint('default')" in text
+    # PyPI's Linux torch is the CUDA build: the CPU image takes its pinned torch from
+    # PyTorch's CPU index, and the build fails if any CUDA wheel got in anyway
+    cpu = (INFRA / "docker" / "Dockerfile").read_text()
+    assert "https://download.pytorch.org/whl/cpu" in cpu
+    assert "grep '^torch==' constraints.txt" in cpu
+    assert "grep -q '^nvidia_'" in cpu
 
 
 def test_generated_daskcluster_manifest_is_in_step_with_the_spec():
