@@ -1,7 +1,8 @@
 """GPU measurements in one run (``bench/gpu_check.sh``): segmentation studies per second
 with the shipped model on synthetic 512 x 512 studies rendered on the CPU cores, in one
 process, fp32 and bf16; the network alone on the same studies' model inputs (already on
-the GPU), which bounds what the CPU-side work leaves of it; and a profile of the segment
+the GPU), which bounds what the CPU-side work leaves of it; the labels' agreement (bf16
+run twice, and against the CPU in fp32, on 4 studies); and a profile of the segment
 call (top functions by own time) showing where a study's time goes.
 
 Needs numpy, scipy, torch and pydicom (carry the pydicom wheel in gpu_carry/).
@@ -19,6 +20,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -79,6 +81,10 @@ def main() -> int:
         figures[f"{precision}_network_only_studies_per_s"] = args.studies / (
             time.monotonic() - start)
         print(json.dumps(figures), flush=True)
+        (out / "gpu_check.json").write_text(json.dumps(figures, indent=1))  # so far
+    if args.device == "cuda":
+        figures["agreement"] = agreement(studies[:4], segmenter)
+        print(json.dumps(figures["agreement"]), flush=True)
     profiler = cProfile.Profile()
     profiler.enable()
     for hu, spacing in studies[:min(10, args.studies)]:
@@ -92,6 +98,23 @@ def main() -> int:
     print(json.dumps(figures, indent=1))
     (out / "gpu_check.json").write_text(json.dumps(figures, indent=1))
     return 0
+
+
+def agreement(studies: list[tuple[npt.NDArray[np.int16], tuple[float, float, float]]],
+              segmenter: UNetSegmenter) -> dict[str, Any]:
+    """The GPU's labels (``segmenter``) against themselves run again (deterministic for a
+    device and precision) and against the CPU's in fp32: labelled voxels, and the voxels
+    whose label differs between the GPU and CPU runs."""
+    cpu = UNetSegmenter.load("default", device="cpu", precision="fp32", batch_size=16)
+    labelled = repeat_differs = cpu_differs = 0
+    for hu, spacing in studies:
+        first = segmenter.segment(hu, spacing).labels
+        repeat_differs += int(np.count_nonzero(first != segmenter.segment(hu, spacing).labels))
+        cpu_differs += int(np.count_nonzero(first != cpu.segment(hu, spacing).labels))
+        labelled += int(np.count_nonzero(first))
+    return {"studies": len(studies), "precision": segmenter.precision,
+            "labelled_voxels": labelled, "differ_on_repeat": repeat_differs,
+            "differ_from_cpu_fp32": cpu_differs}
 
 
 if __name__ == "__main__":

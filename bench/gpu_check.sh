@@ -6,12 +6,13 @@
 #   1. segmentation throughput of the shipped model on rendered volumes, and the network
 #      alone on the same inputs, with a profile of the segment call (gpu_check.py);
 #   2. the end-to-end library path, DICOM on local disk -> decode -> segment -> mask ->
-#      score: one study at a time, STUDIES_PER_GPU at once on threads, and several
-#      processes sharing the GPU (gpu_pipeline.py);
+#      score: one study at a time, several at once on threads, and 15 and 24 processes
+#      sharing the GPU, 15 also spinning while they wait for it (gpu_pipeline.py);
 #   3. segmentation alone in several processes sharing the GPU, volumes in memory
 #      (gpu_pipeline.py --segment-only).
 # Figures go to $OUT (gpu_check.json, segment_profile.txt, gpu_pipeline.json,
-# gpu_segment.json) and stdout. About 5 minutes on one H100 with 16 cores.
+# gpu_segment.json) and stdout. At most 9 minutes (the timeouts below), about 5 on one
+# H100 with 16 cores.
 # One measurement failing does not stop the other.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ python3 -m pip install --no-deps --no-index -q gpu_carry/*.whl 2>&1 | grep -v WA
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 lscpu | grep -E "^Model name|^CPU\(s\)" || true
 timeout 150 python3 bench/gpu_check.py || echo "gpu_check.py failed: $?"
-timeout 300 python3 bench/gpu_pipeline.py --device cuda --precision bf16 \
+timeout 250 python3 bench/gpu_pipeline.py --device cuda --precision bf16 \
     || echo "gpu_pipeline.py failed: $?"
-timeout 200 python3 bench/gpu_pipeline.py --device cuda --precision bf16 --segment-only \
+timeout 130 python3 bench/gpu_pipeline.py --device cuda --precision bf16 --segment-only \
     || echo "gpu_pipeline.py --segment-only failed: $?"

@@ -11,13 +11,16 @@ Measured side by side in one run, on the same studies:
 - ``processes_P``: P processes on the same GPU, each with its own copy of the network and
   one study at a time (``--processes``), as the flow's GPU workers are
   (``STUDIES_PER_GPU``), which also spreads the Python-level CPU work (decoding, connected
-  regions, lungs, scoring) over the node's cores, past the GIL.
+  regions, lungs, scoring) over the node's cores, past the GIL; ``processes_P_spin``: the
+  same with the processes spinning while they wait for the GPU (CUDA's default) instead
+  of sleeping (``GPU_WAIT``, ``--spin-processes``).
 
 With ``--segment-only``, the studies are rendered volumes in each process's memory and
 only the segment call is timed, in the same process modes (``segment_processes_P``).
 
 Each mode reports studies/s, mean GPU utilisation and GPU memory used (nvidia-smi every
-100 ms; None without a GPU) and the node's CPU busy fraction (/proc/stat).
+100 ms; None without a GPU), the node's CPU busy fraction (/proc/stat) and the core-seconds
+a study took (busy fraction x cores x seconds / studies).
 
 Usage (GPU): ``python bench/gpu_pipeline.py`` within ``bench/gpu_check.sh``.
 Smoke run on a CPU: ``python bench/gpu_pipeline.py --device cpu --studies 4 --matrix 128
@@ -151,8 +154,11 @@ class Sampler:
         if self._cpu0 and cpu1 and cpu1[1] > self._cpu0[1]:
             self.cpu_busy = (cpu1[0] - self._cpu0[0]) / (cpu1[1] - self._cpu0[1])
 
-    def figures(self) -> dict[str, Any]:
-        return {"gpu_utilisation_percent": (round(statistics.fmean(self.utilisation), 1)
+    def figures(self, seconds: float, studies: int) -> dict[str, Any]:
+        cores = os.cpu_count() or 1
+        return {"core_seconds_per_study": (round(self.cpu_busy * cores * seconds / studies, 3)
+                                           if self.cpu_busy is not None else None),
+                "gpu_utilisation_percent": (round(statistics.fmean(self.utilisation), 1)
                                             if self.utilisation else None),
                 "gpu_memory_peak_mib": max(self.memory_mib) if self.memory_mib else None,
                 "cpu_busy_fraction": (round(self.cpu_busy, 3) if self.cpu_busy is not None
@@ -170,9 +176,12 @@ def _segmenter(device: str, precision: str) -> UNetSegmenter:
     return UNetSegmenter.load("default", device=device, precision=precision, batch_size=64)
 
 
-def _init_worker(device: str, precision: str, first: list[Path]) -> None:
+def _init_worker(device: str, precision: str, first: list[Path], wait: str) -> None:
     """A process of the ``processes_P`` mode: the network loaded once and warmed up
-    (kernels, allocator) before any timed study."""
+    (kernels, allocator) before any timed study; ``wait``: how it waits for the GPU."""
+    from calcpipe.models import segment
+
+    segment.GPU_WAIT = wait
     segmenter = _segmenter(device, precision)
     process(first, segmenter)
     _WORKER["segmenter"] = segmenter
@@ -230,7 +239,8 @@ def timed_pool_map(function: Any, work: list[Any], workers: int, initializer: An
             start = time.monotonic()
             results = pool.map(function, work, chunksize=1)
             seconds = time.monotonic() - start
-    return results, {"studies_per_s": round(len(work) / seconds, 2), **sampler.figures()}
+    return results, {"studies_per_s": round(len(work) / seconds, 2),
+                     **sampler.figures(seconds, len(work))}
 
 
 def run_segment_processes(folder: str, studies: int, workers: int, device: str,
@@ -242,11 +252,11 @@ def run_segment_processes(folder: str, studies: int, workers: int, device: str,
 
 
 def run_processes(studies: list[list[Path]], workers: int, device: str, precision: str,
-                  passes: int) -> dict[str, Any]:
-    """End to end in ``workers`` processes sharing the GPU; each study scored ``passes``
-    times."""
+                  passes: int, wait: str = "block") -> dict[str, Any]:
+    """End to end in ``workers`` processes sharing the GPU, waiting for it as ``wait`` says
+    (:data:`calcpipe.models.segment.GPU_WAIT`); each study scored ``passes`` times."""
     results, figures = timed_pool_map(_score_in_worker, studies * passes, workers,
-                                      _init_worker, (device, precision, studies[0]))
+                                      _init_worker, (device, precision, studies[0], wait))
     return {**figures, "cac_sum": round(sum(cac for cac, _ in results) / passes, 1),
             "worker_peak_rss_mb": round(max(rss for _, rss in results))}
 
@@ -261,7 +271,8 @@ def run_threads(studies: list[list[Path]], threads: int, segmenter: UNetSegmente
         if segmenter.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.monotonic() - start
-    return {"studies_per_s": round(len(studies) / seconds, 2), **sampler.figures(),
+    return {"studies_per_s": round(len(studies) / seconds, 2),
+            **sampler.figures(seconds, len(studies)),
             "cac_sum": round(sum(scores), 1), "studies": len(studies)}
 
 
@@ -274,7 +285,9 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=4, help="threads (0: skip)")
     parser.add_argument("--sequential", type=int, default=24,
                         help="studies of the one-at-a-time mode (the slowest; 0: skip)")
-    parser.add_argument("--processes", type=int, nargs="*", default=[8, 15])
+    parser.add_argument("--processes", type=int, nargs="*", default=[15, 24])
+    parser.add_argument("--spin-processes", type=int, nargs="*", default=[15],
+                        help="process counts also run spinning while waiting for the GPU")
     parser.add_argument("--passes", type=int, default=2,
                         help="times the process modes score each study")
     parser.add_argument("--segment-only", action="store_true",
@@ -319,10 +332,13 @@ def main() -> int:
         del segmenter
         if args.device == "cuda":
             torch.cuda.empty_cache()
-        for workers in args.processes:
-            figures[f"processes_{workers}"] = run_processes(studies, workers, args.device,
-                                                            precision, args.passes)
-            print(json.dumps(figures[f"processes_{workers}"]), flush=True)
+        modes = [(w, "block") for w in args.processes] + [(w, "spin")
+                                                           for w in args.spin_processes]
+        for workers, wait in modes:
+            name = f"processes_{workers}" + ("_spin" if wait == "spin" else "")
+            figures[name] = run_processes(studies, workers, args.device, precision,
+                                          args.passes, wait)
+            print(name, json.dumps(figures[name]), flush=True)
             (out / "gpu_pipeline.json").write_text(json.dumps(figures, indent=1))
     print(json.dumps(figures, indent=1))
     (out / "gpu_pipeline.json").write_text(json.dumps(figures, indent=1))

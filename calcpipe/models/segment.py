@@ -46,6 +46,13 @@ AORTIC_VALUES = tuple(v for v, name in LABEL_NAMES.items() if name in GROUPS["AC
 #: 39.9, the CPU 92 % busy and the GPU 28 %. Local clusters use all cores but one.
 STUDIES_PER_GPU = 12
 
+#: How a process waits for its GPU: ``block`` sleeps until the GPU is done (a blocking CUDA
+#: event); ``spin`` is CUDA's default for a process with cores to spare, a core polling
+#: until the results are ready. Processes sharing a GPU spend much of a study waiting for
+#: it, so spinning takes cores from the CPU work of the others (bench/gpu_pipeline.py
+#: measures both).
+GPU_WAIT = "block"
+
 #: The network's numeric precisions; ``auto`` picks bf16 where the device computes it
 #: natively (see :func:`resolve_precision`), else fp32.
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -182,9 +189,11 @@ class UNetSegmenter:
                                   stride=2**self.config.depth, context=self.config.context,
                                   device=self.device)
         labels = np.zeros(hu.shape, dtype=np.uint8)
-        inside = np.zeros(hu.shape[1:], dtype=bool)  # the body crop; nothing outside it
-        inside[grid.row0 : grid.row0 + grid.rows, grid.col0 : grid.col0 + grid.cols] = True
-        candidates = (hu >= threshold_for(kvp)) & inside
+        # candidates only in the body crop, compared there alone (half the time)
+        crop = (slice(None), slice(grid.row0, grid.row0 + grid.rows),
+                slice(grid.col0, grid.col0 + grid.cols))
+        candidates = np.zeros(hu.shape, dtype=bool)
+        np.greater_equal(hu[crop], threshold_for(kvp), out=candidates[crop])
         calcium_at, calcium_top = [], []  # flat indices and top-class probabilities
         for start in range(0, hu.shape[0], self.batch_size):
             stop = min(start + self.batch_size, hu.shape[0])
@@ -275,7 +284,19 @@ def sample_labels(logits: Any, z: npt.NDArray[np.intp], rows: npt.NDArray[np.flo
     top = torch.full(label.shape, float("nan"), device=device)
     calcium = label > 0
     top[calcium] = 1.0 / torch.exp(values[calcium] - top_logit[calcium, None]).sum(dim=1)
+    wait_for(device)
     return label.to(torch.uint8).cpu().numpy(), top.cpu().numpy()
+
+
+def wait_for(device: Any) -> None:
+    """Wait until the work queued on ``device`` is done, as :data:`GPU_WAIT` says (the copy
+    back to the host that follows would wait spinning)."""
+    if device.type == "cuda" and GPU_WAIT == "block":
+        import torch
+
+        done = torch.cuda.Event(blocking=True)
+        done.record()
+        done.synchronize()
 
 
 def label_whole_lesions(labels: npt.NDArray[np.uint8], candidates: npt.NDArray[np.bool_],
