@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU measurement in one call on a single-GPU machine with no network and PyTorch
 # 2.11 (run through the device tool with carry=["gpu_carry"], gpu_carry/ holding the
-# pydicom and nibabel wheels: pip download --no-deps -d gpu_carry pydicom nibabel, with
-# the versions of constraints.txt): installs the carried wheels, then measures
+# wheels of pydicom, nibabel, importlib_resources, packaging and zlib-ng at the versions of
+# constraints.txt: pip download --no-deps -d gpu_carry, zlib-ng's with --only-binary=:all:
+# --python-version 3.12 --platform manylinux2014_x86_64 for the machine's Python 3.12):
+# installs the carried wheels, then measures
 #   1. segmentation throughput of the shipped model on rendered volumes, and the network
 #      alone on the same inputs, with a profile of the segment call (gpu_check.py);
 #   2. the end-to-end library path, DICOM on local disk -> decode -> segment -> mask ->

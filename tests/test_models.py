@@ -284,17 +284,26 @@ def test_regions_too_large_to_be_one_calcification_keep_no_label(monkeypatch):
     at = np.flatnonzero(candidates)
     assert (in_oversized_regions(candidates, at, (2.0, 1.0, 1.0), 100.0, margin=(1, 1, 1))
             == big.ravel()[at]).all()
-    # a thin region whose part in the window is small but which is large beyond it: the
-    # window's edge sends it to the whole-volume measure
+    # a thin region whose part in the first window is small but which is large beyond it:
+    # windows grow along it (a margin at a time) until it is too large or ends
+    from scipy import ndimage
+
+    import calcpipe.models.segment as segment
+
     rod = np.zeros((3, 5, 60), dtype=bool)
     rod[1, 2, :] = True  # 60 voxels of 1 mm^3
     seed = np.array([np.ravel_multi_index((1, 2, 30), rod.shape)])
+    windows: list[tuple[int, ...]] = []
+    monkeypatch.setattr(ndimage, "label",
+                        lambda x, *a, label=ndimage.label, **k: windows.append(x.shape)
+                        or label(x, *a, **k))
     assert in_oversized_regions(rod, seed, (1.0, 1.0, 1.0), 50.0, margin=(1, 1, 2))[0]
     assert not in_oversized_regions(rod, seed, (1.0, 1.0, 1.0), 70.0, margin=(1, 1, 2))[0]
-    # sparse random regions (below 26-connected percolation), asked about in the middle:
-    # windows with inner faces, some regions measured there and some on the whole volume
-    import calcpipe.models.segment as segment
-
+    assert windows[0] == (3, 3, 5) and windows[1] == (3, 3, 9)  # the rod found + margin
+    assert all(shape[2] < 60 for shape in windows[:-1])  # the whole rod only at the end
+    monkeypatch.undo()
+    # sparse random regions (below 26-connected percolation), asked about in the middle,
+    # decided in windows alone (never by labelling the whole volume), as there exactly
     noise = np.random.default_rng(3).random((12, 80, 80)) > 0.9
     middle = np.zeros(noise.shape, dtype=bool)
     middle[5:7, 30:50, 30:50] = True
@@ -308,7 +317,16 @@ def test_regions_too_large_to_be_one_calcification_keep_no_label(monkeypatch):
                 == truth).all()
         large.append(int(truth.sum()))
     assert 0 < min(large) and min(large) < 6  # some regions too large, some not
-    assert 0 < len(whole_volume) < 4  # the window decided some limits alone
+    assert not whole_volume  # (the truth above is computed by the function itself)
+    # random volumes, spacings, limits and margins: the same answer as the whole volume's
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        volume = rng.random(tuple(rng.integers(3, 30, 3))) < rng.uniform(0.05, 0.3)
+        at = rng.choice(np.flatnonzero(volume), min(10, int(volume.sum())), replace=False)
+        spacing = tuple(float(v) for v in rng.uniform(0.3, 3.0, 3))
+        limit, margin = float(rng.uniform(1, 200)), tuple(int(m) for m in rng.integers(1, 6, 3))
+        assert (in_oversized_regions(volume, at, spacing, limit, margin=margin)
+                == oversized_regions(volume, spacing, limit).ravel()[at]).all()
     assert not in_oversized_regions(noise, np.zeros(0, np.intp), (1.0, 1.0, 1.0), 1.0).size
 
     # the shipped network: a 30 mm bone-like block (27 cm^3) near the heart gets no label
