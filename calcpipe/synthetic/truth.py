@@ -12,15 +12,17 @@ from __future__ import annotations
 import gzip
 import zlib
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-try:  # the same module interface as zlib's
+_DEFLATE: ModuleType = zlib  # zlib-ng where installed: the same module interface
+try:
     from zlib_ng import zlib_ng as _DEFLATE
 except ImportError:  # an installation without it (the GPU benchmark machine)
-    _DEFLATE = zlib  # type: ignore[no-redef]
+    pass
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 DESCRIPTION = b"calcpipe truth; axes col,row,slice; RAS mm"
