@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_synthetic.py
 	$(PY) bench/bench_discovery.py
 	$(PY) bench/bench_segmentation.py
+	$(PY) bench/bench_host_cpu.py
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_planning.py
 

@@ -9,7 +9,7 @@
 #      alone on the same inputs, with a profile of the segment call (gpu_check.py);
 #   2. the end-to-end library path, DICOM on local disk -> decode -> segment -> mask ->
 #      score: one study at a time, several at once on threads, and 15 and 24 processes
-#      sharing the GPU, 15 also spinning while they wait for it (gpu_pipeline.py);
+#      sharing the GPU, 15 also asleep while they wait for it (gpu_pipeline.py);
 #   3. segmentation alone in several processes sharing the GPU, volumes in memory
 #      (gpu_pipeline.py --segment-only).
 # Figures go to $OUT (gpu_check.json, segment_profile.txt, gpu_pipeline.json,

@@ -11,9 +11,9 @@ Measured side by side in one run, on the same studies:
 - ``processes_P``: P processes on the same GPU, each with its own copy of the network and
   one study at a time (``--processes``), as the flow's GPU workers are
   (``STUDIES_PER_GPU``), which also spreads the Python-level CPU work (decoding, connected
-  regions, lungs, scoring) over the node's cores, past the GIL; ``processes_P_spin``: the
-  same with the processes spinning while they wait for the GPU (CUDA's default) instead
-  of sleeping (``GPU_WAIT``, ``--spin-processes``).
+  regions, lungs, scoring) over the node's cores, past the GIL, spinning while they wait
+  for the GPU (CUDA's default); ``processes_P_block``: the same sleeping instead
+  (``GPU_WAIT``, ``--block-processes``).
 
 With ``--segment-only``, the studies are rendered volumes in each process's memory and
 only the segment call is timed, in the same process modes (``segment_processes_P``).
@@ -252,7 +252,7 @@ def run_segment_processes(folder: str, studies: int, workers: int, device: str,
 
 
 def run_processes(studies: list[list[Path]], workers: int, device: str, precision: str,
-                  passes: int, wait: str = "block") -> dict[str, Any]:
+                  passes: int, wait: str = "spin") -> dict[str, Any]:
     """End to end in ``workers`` processes sharing the GPU, waiting for it as ``wait`` says
     (:data:`calcpipe.models.segment.GPU_WAIT`); each study scored ``passes`` times."""
     results, figures = timed_pool_map(_score_in_worker, studies * passes, workers,
@@ -286,8 +286,8 @@ def main() -> int:
     parser.add_argument("--sequential", type=int, default=24,
                         help="studies of the one-at-a-time mode (the slowest; 0: skip)")
     parser.add_argument("--processes", type=int, nargs="*", default=[15, 24])
-    parser.add_argument("--spin-processes", type=int, nargs="*", default=[15],
-                        help="process counts also run spinning while waiting for the GPU")
+    parser.add_argument("--block-processes", type=int, nargs="*", default=[15],
+                        help="process counts also run asleep while waiting for the GPU")
     parser.add_argument("--passes", type=int, default=2,
                         help="times the process modes score each study")
     parser.add_argument("--segment-only", action="store_true",
@@ -332,10 +332,10 @@ def main() -> int:
         del segmenter
         if args.device == "cuda":
             torch.cuda.empty_cache()
-        modes = [(w, "block") for w in args.processes] + [(w, "spin")
-                                                           for w in args.spin_processes]
+        modes = [(w, "spin") for w in args.processes] + [(w, "block")
+                                                          for w in args.block_processes]
         for workers, wait in modes:
-            name = f"processes_{workers}" + ("_spin" if wait == "spin" else "")
+            name = f"processes_{workers}" + ("_block" if wait == "block" else "")
             figures[name] = run_processes(studies, workers, args.device, precision,
                                           args.passes, wait)
             print(name, json.dumps(figures[name]), flush=True)

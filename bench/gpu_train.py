@@ -79,6 +79,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, help="training steps (default: the config's)")
     parser.add_argument("--batch", type=int, help="batch size (default: the config's)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
+    parser.add_argument("--small-lesion-weight", type=float,
+                        help="TrainConfig.small_lesion_weight (default: the config's)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,7 @@ def main() -> int:
         CONFIG = TrainConfig(unet=UNetConfig(base=4, depth=3, context=1), patch=64, batch=8,
                              max_steps=20, eval_every=10, model_spacing_mm=2.0)
     changes = {"max_steps": args.steps, "batch": args.batch, "learning_rate": args.lr,
-               "max_minutes": args.minutes}
+               "max_minutes": args.minutes, "small_lesion_weight": args.small_lesion_weight}
     CONFIG = replace(CONFIG, **{k: v for k, v in changes.items() if v is not None})
     init_state = None
     if args.init:

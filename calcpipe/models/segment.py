@@ -46,12 +46,12 @@ AORTIC_VALUES = tuple(v for v, name in LABEL_NAMES.items() if name in GROUPS["AC
 #: 39.9, the CPU 92 % busy and the GPU 28 %. Local clusters use all cores but one.
 STUDIES_PER_GPU = 12
 
-#: How a process waits for its GPU: ``block`` sleeps until the GPU is done (a blocking CUDA
-#: event); ``spin`` is CUDA's default for a process with cores to spare, a core polling
-#: until the results are ready. Processes sharing a GPU spend much of a study waiting for
-#: it, so spinning takes cores from the CPU work of the others (bench/gpu_pipeline.py
-#: measures both).
-GPU_WAIT = "block"
+#: How a process waits for its GPU: ``spin`` is CUDA's default for a process with cores to
+#: spare, a core polling until the results are ready; ``block`` sleeps until the GPU is
+#: done (a blocking CUDA event), leaving the core to other processes. On an H200 node with
+#: 15 processes (2026-12-04, bench/gpu_pipeline.py) sleeping gained nothing (29.4 against
+#: 30.5 studies/s spinning): the processes wait little. The benchmark keeps measuring both.
+GPU_WAIT = "spin"
 
 #: The network's numeric precisions; ``auto`` picks bf16 where the device computes it
 #: natively (see :func:`resolve_precision`), else fp32.
