@@ -619,3 +619,30 @@ def test_importing_calcpipe_puts_torchs_large_cpu_tensors_on_huge_pages(setting,
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True)
     assert (int(out.stdout) == 0) == huge
+
+
+def test_small_lesion_weight_raises_the_cross_entropy_of_isolated_calcium_pixels():
+    import torch
+    import torch.nn.functional as F
+
+    from calcpipe.models.train import loss_fn
+
+    weights = torch.tensor((1.0, 10, 10, 10, 10, 4, 4, 4))
+    y = torch.zeros(1, 16, 16, dtype=torch.long)
+    y[0, 2, 2] = 2  # an isolated pixel: 1 calcium pixel in its 5 x 5 neighbourhood
+    y[0, 8:13, 8:13] = 3  # a 5 x 5 lesion: its centre sees 25
+    logits = torch.zeros(1, 8, 16, 16)  # every pixel's cross-entropy is log(8)
+    # off (1) and at the edge of on: the class-weighted cross-entropy, Dice weight 0
+    expected = F.cross_entropy(logits, y, weight=weights)
+    assert torch.isclose(loss_fn(logits, y, weights, 0.0), expected)
+    assert torch.isclose(loss_fn(logits, y, weights, 0.0, 1.0 + 1e-6), expected)
+    # factor 3: the isolated pixel weighs 10 * min(sqrt(9 / 1), 3) = 30; a lesion pixel
+    # with n calcium neighbours 10 * clamp(sqrt(9 / n), 1, 3); equal cross-entropies, so
+    # the weighted mean is still log(8): the weights show in the gradient
+    logits.requires_grad_(True)
+    loss_fn(logits, y, weights, 0.0, 3.0).backward()
+    grad = logits.grad[0].abs().sum(dim=0)
+    lesion_centre, lesion_corner = grad[10, 10], grad[8, 8]  # 25 and 9 calcium neighbours
+    assert torch.isclose(grad[2, 2] / lesion_centre, torch.tensor(3.0))
+    assert torch.isclose(lesion_corner / lesion_centre, torch.tensor(1.0))
+    assert torch.isclose(grad[0, 15] * 10 / lesion_centre, torch.tensor(1.0))  # background
