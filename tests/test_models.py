@@ -328,6 +328,21 @@ def test_regions_too_large_to_be_one_calcification_keep_no_label(monkeypatch):
         assert (in_oversized_regions(volume, at, spacing, limit, margin=margin)
                 == oversized_regions(volume, spacing, limit).ravel()[at]).all()
     assert not in_oversized_regions(noise, np.zeros(0, np.intp), (1.0, 1.0, 1.0), 1.0).size
+    # voxels spread over many windows: their bounding box is labelled first, and windows
+    # grow from there; the same answers either way
+    scattered = np.zeros((20, 120, 120), dtype=bool)
+    for z, r, c in rng.integers((0, 0, 0), (19, 117, 117), (150, 3)):
+        scattered[z : z + 2, r : r + 3, c : c + 3] = True
+    scattered[:, 100:, :] = True  # a slab across the volume, larger than the limit
+    at = np.flatnonzero(scattered)[::7]
+    points = np.stack(np.unravel_index(at, scattered.shape), axis=1)
+    assert segment._box_first(points, (3, 16, 16))
+    assert not segment._box_first(points[:1], (3, 16, 16))
+    truth = oversized_regions(scattered, (1.0, 1.0, 1.0), 500.0).ravel()[at]
+    assert 0 < truth.sum() < truth.size
+    for overhead in (segment.WINDOW_OVERHEAD_VOXELS, 0):  # box first, then windows only
+        monkeypatch.setattr(segment, "WINDOW_OVERHEAD_VOXELS", overhead)
+        assert (in_oversized_regions(scattered, at, (1.0, 1.0, 1.0), 500.0) == truth).all()
 
     # the shipped network: a 30 mm bone-like block (27 cm^3) near the heart gets no label
     rendered = render_study(sample_spec(2024, 0, matrix=128))
