@@ -661,3 +661,24 @@ def test_small_lesion_weight_raises_the_cross_entropy_of_isolated_calcium_pixels
     assert torch.isclose(grad[2, 2] / lesion_centre, torch.tensor(3.0))
     assert torch.isclose(lesion_corner / lesion_centre, torch.tensor(1.0))
     assert torch.isclose(grad[0, 15] * 10 / lesion_centre, torch.tensor(1.0))  # background
+
+
+def test_inside_outline_is_the_share_of_a_hole_with_body_on_both_sides_in_row_or_column():
+    from scipy import ndimage
+
+    from calcpipe.models.thorax import _inside_outline
+
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        body = rng.random((int(rng.integers(3, 20)), int(rng.integers(3, 20)))) < 0.5
+        holes, n = ndimage.label(~body)
+        if not n:
+            continue
+        numbers = np.arange(1, n + 1)
+        inside = np.zeros(body.shape, dtype=bool)  # by the definition, pixel by pixel
+        for r, c in np.ndindex(body.shape):
+            row, col = body[r], body[:, c]
+            inside[r, c] = ((row[: c + 1].any() and row[c:].any())
+                            or (col[: r + 1].any() and col[r:].any()))
+        expected = [inside[holes == k].mean() for k in numbers]
+        np.testing.assert_allclose(_inside_outline(body, holes, numbers), expected)
