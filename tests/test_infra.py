@@ -52,6 +52,10 @@ def test_every_manifest_parses_and_names_this_version_of_the_image():
     assert "https://download.pytorch.org/whl/cpu" in cpu
     assert "grep '^torch==' constraints.txt" in cpu
     assert "grep -q '^nvidia_'" in cpu
+    # the CUDA image keeps its base image's torch: installed over it, never downloaded
+    cuda = (INFRA / "docker" / "Dockerfile.cuda").read_text()
+    assert "venv --system-site-packages" in cuda and "grep -v '^torch=='" in cuda
+    assert "pip wheel" not in cuda and "grep -qxE '(torch|nvidia)'" in cuda
 
 
 def test_generated_daskcluster_manifest_is_in_step_with_the_spec():
