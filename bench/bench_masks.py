@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calcpipe.synthetic import render_study, sample_spec
-from calcpipe.synthetic.truth import labels_from_bytes, nifti_bytes, plain_nifti_bytes
+from calcpipe.synthetic.truth import gzip_labels, labels_from_bytes, nifti_bytes, plain_nifti_bytes
 
 
 def main() -> int:
@@ -42,8 +42,7 @@ def main() -> int:
         return lambda labels: zlib.compress(plain_nifti_bytes(labels, affine), level, wbits=31)
 
     def run_length_zlib(labels: np.ndarray) -> bytes:
-        packer = zlib.compressobj(9, zlib.DEFLATED, 31, 9, zlib.Z_RLE)
-        packed = packer.compress(plain_nifti_bytes(labels, affine)) + packer.flush()
+        packed = gzip_labels(plain_nifti_bytes(labels, affine), deflate=zlib)
         assert packed == nifti_bytes(labels, affine)  # zlib-ng wrote the same bytes
         return packed
 

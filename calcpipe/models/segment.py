@@ -456,9 +456,9 @@ def in_oversized_regions(candidates: npt.NDArray[np.bool_], at: npt.NDArray[np.i
     this CPU, these windows 10 ms; margins doubled at each growth, 21 ms (windows of a
     long lesion grew to most of the volume). On a GPU node's cores the old way took 0.13 s
     of a study's 0.25 s of segmentation. Where the voxels are spread over so many windows
-    that labelling their bounding box is cheaper (see :func:`_box_first`; 600 scattered
-    lesions: 411 ms in windows against 177 ms for the whole volume), that box is the first
-    window, and windows grow from there."""
+    that labelling their bounding box is cheaper (see :func:`_box_first`), that box is the
+    first window, and windows grow from there (600 scattered lesions, this CPU: 317 ms in
+    windows alone, 85 ms with the box first, 59 ms labelling the whole volume)."""
     from scipy import ndimage
 
     points = np.stack(np.unravel_index(at, candidates.shape), axis=1)  # (N, 3)

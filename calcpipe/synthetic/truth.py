@@ -50,12 +50,13 @@ def plain_nifti_bytes(labels: npt.NDArray[np.uint8],
     return image.to_bytes()
 
 
-def gzip_labels(data: bytes) -> bytes:
+def gzip_labels(data: bytes, deflate: ModuleType = _DEFLATE) -> bytes:
     """Gzip (zero timestamp) with deflate's run-length strategy: a label map is long runs
     of zeros, which it packs as small as level 9 does in less than half its time on
     512 x 512 studies (bench/bench_masks.py); every worker writes one per study. zlib-ng
-    writes the same bytes as zlib here, several times faster; zlib where it is absent."""
-    packer = _DEFLATE.compressobj(9, _DEFLATE.DEFLATED, 31, 9, _DEFLATE.Z_RLE)
+    writes the same bytes as zlib here, several times faster; zlib where it is absent.
+    ``deflate``: the module (zlib's interface) that compresses."""
+    packer = deflate.compressobj(9, deflate.DEFLATED, 31, 9, deflate.Z_RLE)
     return packer.compress(data) + packer.flush()
 
 
