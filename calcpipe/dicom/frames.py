@@ -10,6 +10,7 @@ here (never the GPL-licensed pylibjpeg-libjpeg).
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from dataclasses import dataclass
@@ -67,11 +68,20 @@ class Frame:
 
 @dataclass(frozen=True, eq=False)
 class FileRead:
-    """A parsed file: its dataset (pixels dropped) and its frames."""
+    """A read file: its frames and its data set (pixels dropped). Where the fast reader
+    (:mod:`calcpipe.dicom.native`) read it, ``study_uid`` and ``series_uid`` hold its
+    StudyInstanceUID and SeriesInstanceUID, and the data set is parsed when first asked
+    for (a series needs one)."""
 
     path: str
-    dataset: Dataset
     frames: list[Frame]
+    header: Dataset | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+
+    @functools.cached_property
+    def dataset(self) -> Dataset:
+        return self.header if self.header is not None else _parse(self.path, header_only=True)
 
 
 def read_dataset(path: str | os.PathLike[str], *, header_only: bool = False) -> Dataset:
@@ -228,7 +238,12 @@ def read_file(path: str | os.PathLike[str]) -> FileRead:
     DicomDecodeError
         The pixel data cannot be decoded or converted to HU.
     """
+    from calcpipe.dicom.native import read_native
+
     name = os.fspath(path)
+    fast = read_native(name)
+    if fast is not None:
+        return FileRead(name, [fast.frame], study_uid=fast.study_uid, series_uid=fast.series_uid)
     ds = _parse(name, header_only=False)
     _require_ct_image(ds, name)
     instance_uid, derived = _instance_uid(ds, name)  # before decoding: needs raw offsets
@@ -255,7 +270,7 @@ def read_file(path: str | os.PathLike[str]) -> FileRead:
     # Frames hold the pixels (decoded, or a view on uncompressed bytes); the data set,
     # which may outlive them as the series metadata source, does not.
     del ds.PixelData
-    return FileRead(path=name, dataset=ds, frames=frames)
+    return FileRead(name, frames, header=ds)
 
 
 def read_hu(path: str | os.PathLike[str]) -> npt.NDArray[np.int16]:
@@ -362,7 +377,12 @@ def _decode_native(ds: Dataset, name: str) -> npt.NDArray[Any] | None:
         )
     # A read-only view on the element's bytes: copied only when bits must be fixed.
     pixels = np.frombuffer(data, dtype="<i2" if signed else "<u2", count=expected // 2)
-    pixels = pixels.reshape(frames, rows, columns)
+    return _native_bits(pixels.reshape(frames, rows, columns), signed=signed, bits=bits)
+
+
+def _native_bits(pixels: npt.NDArray[Any], *, signed: bool, bits: int) -> npt.NDArray[Any]:
+    """16-bit stored values with the bits above ``bits`` masked (unsigned) or the sign
+    extended from bit ``bits`` (signed)."""
     if bits < 16:
         if signed:
             shift = 16 - bits

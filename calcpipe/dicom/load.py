@@ -166,11 +166,11 @@ def _read_folder(folder: str, flags: list[QCFlag]) -> list[_Keyed]:
 
 def _keyed(read: FileRead, seen_series: set[str]) -> _Keyed:
     """A read with its study and series keys (real UIDs or documented derived keys)."""
-    series = series_key(read.dataset, read.frames)
+    series = read.series_uid or series_key(read.dataset, read.frames)
     first = series not in seen_series
     seen_series.add(series)
-    return _Keyed(read.frames, study_key(read.dataset, read.frames), series, read.path,
-                  read.dataset if first else None)
+    return _Keyed(read.frames, read.study_uid or study_key(read.dataset, read.frames), series,
+                  read.path, read.dataset if first else None)
 
 
 class FrameFacts(Protocol):
