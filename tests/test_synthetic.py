@@ -186,12 +186,18 @@ def test_qrm_replica_geometry_and_truth():
 def test_nifti_bytes_do_not_depend_on_the_arrays_memory_layout_and_read_back():
     """The label map's C-ordered buffer is written as NIfTI's Fortran order as it lies; a
     label map in another memory layout gives the same bytes, and both read back."""
-    from calcpipe.synthetic.truth import labels_from_bytes, nifti_bytes
+    from calcpipe.synthetic.truth import (
+        gzip_labels,
+        labels_from_bytes,
+        nifti_bytes,
+        plain_nifti_bytes,
+    )
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 8, size=(5, 7, 9)).astype(np.uint8)
     affine = np.array([[3.0, 0, 0, -40], [0, 0.7, 0, 12], [0, 0, 0.6, 5], [0, 0, 0, 1]])
     data = nifti_bytes(labels, affine)
+    assert data == gzip_labels(plain_nifti_bytes(labels, affine))
     assert nifti_bytes(np.asfortranarray(labels), affine) == data
     padded = np.zeros((5, 7, 11), dtype=np.uint8)
     padded[:, :, 1:10] = labels
@@ -297,13 +303,20 @@ def test_label_maps_gzip_deterministically_and_as_small_as_level_9():
     import gzip
     import zlib
 
-    from calcpipe.synthetic.truth import gzip_labels, labels_from_bytes, nifti_bytes
+    from calcpipe.synthetic.truth import (
+        gzip_labels,
+        labels_from_bytes,
+        nifti_bytes,
+        plain_nifti_bytes,
+    )
 
     labels = np.zeros((40, 512, 512), dtype=np.uint8)  # a study's size: sparse calcium
     labels[5:8, 240:250, 260:264] = 2
     labels[12, 290:295, 210:230] = 5
     data = nifti_bytes(labels, np.eye(4))
     assert data == nifti_bytes(labels, np.eye(4))
+    # compressed as nibabel writes, piece by piece: the bytes of the whole file compressed
+    assert data == gzip_labels(plain_nifti_bytes(labels, np.eye(4)))
     assert data[4:8] == b"\0\0\0\0"  # gzip's timestamp
     assert np.array_equal(labels_from_bytes(data)[0], labels)
     plain = gzip.decompress(data)

@@ -29,13 +29,22 @@ DESCRIPTION = b"calcpipe truth; axes col,row,slice; RAS mm"
 
 
 def nifti_bytes(labels: npt.NDArray[np.uint8], affine_zyx_lps: npt.NDArray[np.float64]) -> bytes:
-    """Gzipped NIfTI-1 of a (Z, Y, X) label map with its (z, y, x) -> LPS affine."""
-    return gzip_labels(plain_nifti_bytes(labels, affine_zyx_lps))
+    """Gzipped NIfTI-1 of a (Z, Y, X) label map with its (z, y, x) -> LPS affine: the bytes
+    of :func:`gzip_labels` of :func:`plain_nifti_bytes`, compressed as nibabel writes them
+    (no uncompressed copy of the file: a third of the time on 512 x 512 studies)."""
+    sink = _GzipSink()
+    image = _nifti_image(labels, affine_zyx_lps)
+    image.to_file_map(image.make_file_map({"image": sink, "header": sink}))
+    return sink.value()
 
 
 def plain_nifti_bytes(labels: npt.NDArray[np.uint8],
                       affine_zyx_lps: npt.NDArray[np.float64]) -> bytes:
     """:func:`nifti_bytes` before compression."""
+    return bytes(_nifti_image(labels, affine_zyx_lps).to_bytes())
+
+
+def _nifti_image(labels: npt.NDArray[np.uint8], affine_zyx_lps: npt.NDArray[np.float64]) -> Any:
     import nibabel as nib
 
     ijk_to_zyx = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])
@@ -47,7 +56,7 @@ def plain_nifti_bytes(labels: npt.NDArray[np.uint8],
     image.header["descrip"] = DESCRIPTION
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
-    return image.to_bytes()
+    return image
 
 
 def gzip_labels(data: bytes, deflate: ModuleType = _DEFLATE) -> bytes:
@@ -56,8 +65,42 @@ def gzip_labels(data: bytes, deflate: ModuleType = _DEFLATE) -> bytes:
     512 x 512 studies (bench/bench_masks.py); every worker writes one per study. zlib-ng
     writes the same bytes as zlib here, several times faster; zlib where it is absent.
     ``deflate``: the module (zlib's interface) that compresses."""
-    packer = deflate.compressobj(9, deflate.DEFLATED, 31, 9, deflate.Z_RLE)
+    packer = _packer(deflate)
     return packer.compress(data) + packer.flush()
+
+
+def _packer(deflate: ModuleType) -> Any:
+    return deflate.compressobj(9, deflate.DEFLATED, 31, 9, deflate.Z_RLE)
+
+
+class _GzipSink:
+    """A write-only file that gzips what nibabel writes to it, as it comes."""
+
+    def __init__(self) -> None:
+        self._packer, self._parts, self._written = _packer(_DEFLATE), list[bytes](), 0
+
+    def write(self, data: Any) -> int:
+        self._parts.append(self._packer.compress(data))
+        size = memoryview(data).nbytes
+        self._written += size
+        return size
+
+    def tell(self) -> int:
+        return self._written
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        if (position, whence) != (self._written, 0):  # nibabel only seeks where it is
+            raise OSError("a gzip stream cannot seek")
+        return position
+
+    def read(self, *_: Any) -> bytes:  # nibabel takes objects with read and write as files
+        raise OSError("write-only")
+
+    def flush(self) -> None:
+        pass
+
+    def value(self) -> bytes:
+        return b"".join(self._parts) + self._packer.flush()
 
 
 def read_labels(path: str | Path) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
