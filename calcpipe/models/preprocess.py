@@ -56,7 +56,9 @@ class ModelGrid:
 def body_box(hu: npt.NDArray[np.integer], pixel_mm: tuple[float, float]) -> tuple[int, int,
                                                                                   int, int]:
     """(row0, row1, col0, col1) of the body plus ``CROP_MARGIN_MM`` (whole image if none)."""
-    projection = (hu > BODY_HU).any(axis=0)
+    if not hu.shape[0]:
+        return 0, hu.shape[1], 0, hu.shape[2]
+    projection = hu.max(axis=0) > BODY_HU  # as (hu > BODY_HU).any(axis=0), without its mask
     labelled, n = ndimage.label(projection)
     if n == 0:
         return 0, hu.shape[1], 0, hu.shape[2]
