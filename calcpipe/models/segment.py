@@ -203,9 +203,9 @@ class UNetSegmenter:
             z, r, c = np.unravel_index(flat, candidates[start:stop].shape)
             logits = self.logits(stack[start:stop])
             label, top = sample_labels(logits, z, *grid.to_model(r, c))
-            labels[start + z, r, c] = label
-            calcium = label > 0
+            calcium = label > 0  # the rest stays background: only calcium is written
             calcium_at.append(flat[calcium] + start * hu.shape[1] * hu.shape[2])
+            labels.ravel()[calcium_at[-1]] = label[calcium]
             calcium_top.append(top[calcium])
         at = np.concatenate(calcium_at) if calcium_at else np.zeros(0, np.intp)
         tops = np.concatenate(calcium_top) if calcium_top else np.zeros(0, np.float32)
