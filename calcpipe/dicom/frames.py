@@ -3,6 +3,8 @@
 Single-frame CT and Enhanced CT (multi-frame, functional groups) are both turned into a
 list of :class:`Frame` records, one per 2-D image: decoded stored values, rescale, padding
 and plane geometry. Conversion to int16 HU happens once, straight into the final volume.
+The common file (uncompressed little-endian 16-bit, one frame) is read by
+:mod:`calcpipe.dicom.native` without a pydicom data set; any other goes through pydicom.
 Uncompressed 16-bit data is read straight from the bytes; everything else goes through
 pydicom's plugin system, which uses python-gdcm and pylibjpeg-openjpeg / pylibjpeg-rle
 here (never the GPL-licensed pylibjpeg-libjpeg).
