@@ -4,6 +4,9 @@ the same frame and keys, or None (the file then goes the pydicom way)."""
 from __future__ import annotations
 
 import dataclasses
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +188,140 @@ def test_real_scans_read_the_same(shared_data, monkeypatch):
     assert fast_files == 47 + 60 + 28
     assert all(read_native(name) is None
                for name in list_files(shared_data / "totalseg_ct_jpeg2000/dicom"))
+
+
+# Raw files, element by element, for the cases a review found where the fast reader once
+# disagreed with pydicom (2026-12-04): each is now left to pydicom.
+_UNDEFINED = 0xFFFFFFFF
+_LONG = {"OB", "OW", "SQ", "UN", "UT"}
+
+
+def _element(tag: int, vr: str, value: bytes, implicit: bool, length: int | None = None,
+             ) -> bytes:
+    size = len(value) if length is None else length
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+    if implicit:
+        return head + struct.pack("<I", size) + value
+    if vr in _LONG:
+        return head + vr.encode() + b"\0\0" + struct.pack("<I", size) + value
+    return head + vr.encode() + struct.pack("<H", size) + value
+
+
+def _delimiter(tag: int, length: int = 0) -> bytes:
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, length)
+
+
+def _raw_file(path: Path, implicit: bool, extra: bytes = b"", replace: dict | None = None,
+              ) -> Path:
+    """A 4 x 4 CT image, with ``extra`` elements after the others and ``replace``d
+    ones ({tag: (vr, value)})."""
+    syntax = b"1.2.840.10008.1.2\0" if implicit else b"1.2.840.10008.1.2.1\0"
+    meta = _element(0x00020010, "UI", syntax, False)
+    meta = _element(0x00020000, "UL", struct.pack("<I", len(meta)), False) + meta
+    fields = {
+        0x00080018: ("UI", b"1.2.3.4.5\0"), 0x00080060: ("CS", b"CT"),
+        0x0020000D: ("UI", b"1.2.3.10"), 0x0020000E: ("UI", b"1.2.3.11"),
+        0x00200032: ("DS", b"-10\\-20\\30 "), 0x00200037: ("DS", b"1\\0\\0\\0\\1\\0 "),
+        0x00280010: ("US", struct.pack("<H", 4)), 0x00280011: ("US", struct.pack("<H", 4)),
+        0x00280030: ("DS", b"0.5\\0.6 "), 0x00280100: ("US", struct.pack("<H", 16)),
+        0x00280103: ("US", struct.pack("<H", 1)), 0x00281052: ("DS", b"-1024 "),
+        0x00281053: ("DS", b"1 "),
+    }
+    fields.update(replace or {})
+    body = b"".join(_element(tag, vr, value, implicit) for tag, (vr, value) in sorted(
+        fields.items()))
+    pixels = _element(0x7FE00010, "OW", np.arange(16, dtype="<i2").tobytes(), implicit)
+    path.write_bytes(b"\0" * 128 + b"DICM" + meta + body + extra + pixels)
+    return path
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_raw_files_read_fast_and_the_same(tmp_path, monkeypatch, implicit):
+    """The raw builder's plain file, and one with a sequence of undefined length holding
+    items of defined and of undefined length, read fast and the same."""
+    _assert_same(_raw_file(tmp_path / "plain.dcm", implicit), monkeypatch)
+    inner = _element(0x00080100, "SH", b"T-D3000 ", implicit)
+    sequence = (_element(0x00081140, "SQ", b"", implicit, _UNDEFINED)
+                + _delimiter(0xFFFEE000, len(inner)) + inner
+                + _delimiter(0xFFFEE000, _UNDEFINED) + inner + _delimiter(0xFFFEE00D)
+                + _delimiter(0xFFFEE0DD))
+    _assert_same(_raw_file(tmp_path / "items.dcm", implicit, extra=sequence), monkeypatch)
+
+
+@pytest.mark.parametrize("case", [
+    "Modality of VR OB", "UID of VR OB", "NumberOfFrames of VR US",
+    "functional groups of undefined length", "attribute repeated as a sequence",
+    "implicit non-sequence of undefined length", "implicit length reading as capitals",
+    "item shorter than its elements", "rows and columns far beyond the file",
+])
+def test_files_a_review_found_go_the_pydicom_way(tmp_path, monkeypatch, case):
+    implicit = case.startswith("implicit")
+    replace: dict[int, tuple[str, bytes]] = {}
+    extra = b""
+    if case == "Modality of VR OB":
+        replace[0x00080060] = ("OB", b"CT")
+    elif case == "UID of VR OB":
+        replace[0x0020000E] = ("OB", b"1.2.3.11")
+    elif case == "NumberOfFrames of VR US":
+        replace[0x00280008] = ("US", b"1\0")
+    elif case in ("functional groups of undefined length", "attribute repeated as a sequence"):
+        position = _element(0x00200032, "DS", b"1\\2\\3 ", implicit)
+        item = (_delimiter(0xFFFEE000, _UNDEFINED) + position + _delimiter(0xFFFEE00D))
+        tag = 0x52009229 if case.startswith("functional") else 0x00280030
+        extra = (_element(tag, "SQ", b"", implicit, _UNDEFINED) + item
+                 + _delimiter(0xFFFEE0DD))
+        if tag == 0x00280030:  # PixelSpacing again, after the elements, as a sequence
+            replace[0x00280030] = ("DS", b"0.5\\0.6 ")
+    elif case == "implicit non-sequence of undefined length":
+        extra = (_element(0x00181030, "LO", b"", True, _UNDEFINED)  # ProtocolName
+                 + _delimiter(0xFFFEE000, _UNDEFINED) + _delimiter(0xFFFEE00D)
+                 + _delimiter(0xFFFEE0DD))
+    elif case == "implicit length reading as capitals":
+        replace[0x00071000] = ("UN", b"\0" * 0x4142)  # a private element first: "BA"
+    elif case == "item shorter than its elements":
+        # The item's length ends inside its element's value, where a sequence delimiter and
+        # a position follow: stepping by the item's length would read that position.
+        value = (_delimiter(0xFFFEE0DD) + _element(0x00200032, "DS", b"1\\2\\3 ", implicit)
+                 + _element(0x00091002, "OB", b"", implicit, 8))
+        head = _element(0x00091001, "OB", b"", implicit, len(value))
+        extra = (_element(0x00400275, "SQ", b"", implicit, _UNDEFINED)
+                 + _delimiter(0xFFFEE000, len(head)) + head + value + _delimiter(0xFFFEE0DD))
+    elif case == "rows and columns far beyond the file":
+        replace[0x00280010] = replace[0x00280011] = ("US", struct.pack("<H", 65535))
+        # checked before any allocation: 8 GiB would be asked for, past a 4 GiB limit
+        path = _raw_file(tmp_path / "case.dcm", implicit, replace=replace)
+        code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30));"
+                "from calcpipe.dicom.native import read_native;"
+                "sys.exit(0 if read_native(sys.argv[1]) is None else 1)")
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    path = _raw_file(tmp_path / "case.dcm", implicit, extra=extra, replace=replace)
+    assert read_native(str(path)) is None
+    try:
+        expected = _slow(path, monkeypatch)
+    except Exception as e:
+        with pytest.raises(type(e)):
+            frames_module.read_file(path)
+    else:
+        got = frames_module.read_file(path).frames[0]
+        assert got.position == expected.frames[0].position
+        np.testing.assert_array_equal(got.stored, expected.frames[0].stored)
+
+
+def test_a_header_cut_inside_a_nested_item_is_left_to_pydicom(tmp_path, monkeypatch):
+    """The bytes read for the header end inside an item's element: no error, pydicom reads
+    the file."""
+    inner = _element(0x00091010, "OB", b"\1" * 8, False)
+
+    def written(pad: int) -> Path:
+        item = _element(0x00091011, "OB", b"\0" * pad, False) + inner
+        extra = (_element(0x00091001, "SQ", b"", False, _UNDEFINED)
+                 + _delimiter(0xFFFEE000, _UNDEFINED) + item + _delimiter(0xFFFEE00D)
+                 + _delimiter(0xFFFEE0DD))
+        return _raw_file(tmp_path / "long.dcm", False, extra=extra)
+
+    start = written(1000).read_bytes().find(inner)
+    path = written(1000 + HEADER_BYTES - 10 - start)  # the read ends in its length
+    assert path.read_bytes().find(inner) == HEADER_BYTES - 10
+    assert read_native(str(path)) is None
+    np.testing.assert_array_equal(frames_module.read_file(path).frames[0].stored,
+                                  _slow(path, monkeypatch).frames[0].stored)

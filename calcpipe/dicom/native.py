@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from pydicom.datadict import dictionary_VR
 
 from calcpipe.dicom.errors import DicomError
 from calcpipe.dicom.frames import Frame, _floats, _native_bits, _scalar
@@ -39,7 +40,8 @@ _TAG = struct.Struct("<HH")
 _U16, _U32 = struct.Struct("<H"), struct.Struct("<I")
 _PIXEL_DATA = 0x7FE00010
 # item tags read as one little-endian 32-bit word: (FFFE,E000) is 0xE000FFFE
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xE000FFFE, 0xE00DFFFE, 0xE0DDFFFE
+_ITEM, _SEQUENCE_END = 0xE000FFFE, 0xE0DDFFFE
+_ITEM_END_BYTES = bytes.fromhex("FEFF0DE000000000")  # (FFFE,E00D), length 0
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 # the attributes read, by tag
@@ -78,16 +80,17 @@ def read_native(name: str) -> NativeRead | None:
             head = fh.read(HEADER_BYTES)
             implicit, elements, pixels_at = _header(head)
             facts = _Facts(head, elements, implicit)
+            vr, start, length = _pixel_element(head, pixels_at, implicit)
+            nbytes = facts.rows * facts.columns * 2
+            if vr not in (None, b"OW", b"OB") or length < nbytes or start + length != size:
+                return None  # a short, encapsulated or trailed pixel data element
             stored = np.empty((facts.rows, facts.columns),
                               dtype="<i2" if facts.signed else "<u2")
-            vr, start, length = _pixel_element(head, pixels_at, implicit)
-            if vr not in (None, b"OW", b"OB") or length < stored.nbytes or start + length != size:
-                return None  # a short, encapsulated or trailed pixel data element
             fh.seek(start)
-            if fh.readinto(stored.data.cast("B")) != stored.nbytes:
+            if fh.readinto(stored.data.cast("B")) != nbytes:
                 return None
         return _read(name, facts, _native_bits(stored, signed=facts.signed, bits=facts.bits))
-    except (_Unsure, DicomError, OSError, ValueError, UnicodeDecodeError):
+    except (_Unsure, DicomError, OSError, ValueError, UnicodeDecodeError, struct.error):
         return None
 
 
@@ -96,48 +99,65 @@ def _header(data: bytes) -> tuple[bool, dict[int, Element], int]:
     if len(data) < 132 or data[128:132] != b"DICM":
         raise _Unsure
     meta, position = _walk(data, 132, implicit=False, meta=True)
-    syntax = _text(data, meta.get(_TRANSFER_SYNTAX))
+    syntax = _text(data, meta.get(_TRANSFER_SYNTAX), b"UI")
     if syntax not in (_IMPLICIT, _EXPLICIT):
         raise _Unsure  # compressed, deflated or big-endian
     implicit = syntax == _IMPLICIT
-    if implicit and data[position + 4:position + 6] in _LONG_VR | _SHORT_VR:
-        raise _Unsure  # looks explicit: pydicom's guess decides
+    if implicit and all(0x41 <= b <= 0x5A for b in data[position + 4:position + 6]):
+        raise _Unsure  # two capitals where a VR would be: pydicom's guess decides
     elements, position = _walk(data, position, implicit=implicit, meta=False)
     return implicit, elements, position
+
+
+def _element_header(data: bytes, position: int, implicit: bool, end: int,
+                    ) -> tuple[int, bytes | None, int, int]:
+    """Tag, VR (None when implicit), length and value offset of the element at
+    ``position``, whose header must lie before ``end``."""
+    if position + 8 > end:
+        raise _Unsure
+    group, number = _TAG.unpack_from(data, position)
+    if implicit:
+        return group << 16 | number, None, _U32.unpack_from(data, position + 4)[0], position + 8
+    vr = data[position + 4:position + 6]
+    if vr in _SHORT_VR:
+        return group << 16 | number, vr, _U16.unpack_from(data, position + 6)[0], position + 8
+    if vr not in _LONG_VR or position + 12 > end:
+        raise _Unsure
+    return group << 16 | number, vr, _U32.unpack_from(data, position + 8)[0], position + 12
+
+
+def _is_sequence(tag: int, vr: bytes | None) -> bool:
+    """Whether an element of undefined length is a sequence as pydicom reads it: VR SQ, or
+    in implicit VR a tag the dictionary knows as one (others pydicom scans differently)."""
+    if vr is not None:
+        return vr == b"SQ"
+    try:
+        return bool(dictionary_VR(tag) == "SQ")
+    except KeyError:  # private or unknown
+        return False
 
 
 def _walk(data: bytes, position: int, *, implicit: bool, meta: bool,
           ) -> tuple[dict[int, Element], int]:
     """Element headers from ``position`` to the end of the file meta group (``meta``) or to
-    the pixel data, which must lie inside ``data``."""
+    the pixel data, which must lie inside ``data``. A sequence of undefined length is
+    stepped over and recorded with length -1 (its values unread: asking for one is unsure)."""
     elements: dict[int, Element] = {}
     end = len(data)
     while position + 8 <= end:
-        group, number = _TAG.unpack_from(data, position)
-        tag = group << 16 | number
+        group = _U16.unpack_from(data, position)[0]
         if meta and group != 2:
             return elements, position
+        tag, vr, length, start = _element_header(data, position, implicit, end)
         if not meta and tag >= 0x7FE00008:
             if tag != _PIXEL_DATA:
                 raise _Unsure  # float pixel data, or none
             return elements, position
-        vr: bytes | None = None
-        if implicit:
-            length, start = _U32.unpack_from(data, position + 4)[0], position + 8
-        else:
-            vr = data[position + 4:position + 6]
-            if vr in _LONG_VR:
-                if position + 12 > end:
-                    raise _Unsure
-                length, start = _U32.unpack_from(data, position + 8)[0], position + 12
-            elif vr in _SHORT_VR:
-                length, start = _U16.unpack_from(data, position + 6)[0], position + 8
-            else:
-                raise _Unsure
         if length == 0xFFFFFFFF:
-            if meta or vr not in (None, b"SQ"):
-                raise _Unsure  # only sequences have an undefined length here
-            position = _skip_sequence(data, start, implicit)  # its values are not needed
+            if meta or not _is_sequence(tag, vr):
+                raise _Unsure
+            elements[tag] = (vr, start, -1)
+            position = _skip_sequence(data, start, implicit)
             continue
         if start + length > end:
             raise _Unsure
@@ -148,56 +168,59 @@ def _walk(data: bytes, position: int, *, implicit: bool, meta: bool,
 
 def _skip_sequence(data: bytes, position: int, implicit: bool) -> int:
     """The position after a sequence of undefined length whose items start at
-    ``position``: items of defined length are stepped over, items of undefined length
-    walked element by element (nested sequences likewise) to their delimiter."""
+    ``position``. pydicom reads such a sequence's items element by element, so each item
+    is walked: to its delimiter (undefined length) or to exactly its stated end."""
     end = len(data)
     while position + 8 <= end:
-        tag = _U32.unpack_from(data, position)[0]
-        length = _U32.unpack_from(data, position + 4)[0]
+        tag, length = _U32.unpack_from(data, position)[0], _U32.unpack_from(data, position + 4)[0]
         position += 8
         if tag == _SEQUENCE_END:
             return position
         if tag != _ITEM:
             raise _Unsure
-        if length != 0xFFFFFFFF:
-            position += length
-            continue
-        while position + 8 <= end:  # an item of undefined length: to its delimiter
-            if _U32.unpack_from(data, position)[0] == _ITEM_END:
-                position += 8
-                break
-            if implicit:
-                vr, length, start = None, _U32.unpack_from(data, position + 4)[0], position + 8
-            else:
-                vr = data[position + 4:position + 6]
-                if vr in _LONG_VR:
-                    length, start = _U32.unpack_from(data, position + 8)[0], position + 12
-                elif vr in _SHORT_VR:
-                    length, start = _U16.unpack_from(data, position + 6)[0], position + 8
-                else:
-                    raise _Unsure
-            if length == 0xFFFFFFFF:
-                if vr not in (None, b"SQ"):
-                    raise _Unsure
-                position = _skip_sequence(data, start, implicit)
-            else:
-                position = start + length
+        if length == 0xFFFFFFFF:
+            position = _skip_item(data, position, None, implicit)
+        elif position + length > end:
+            raise _Unsure
+        else:
+            position = _skip_item(data, position, position + length, implicit)
     raise _Unsure
 
 
+def _skip_item(data: bytes, position: int, stop: int | None, implicit: bool) -> int:
+    """The position after an item's elements: past its delimiter (``stop`` None) or at
+    ``stop``, where the last element must end."""
+    end = len(data) if stop is None else stop
+    while position != stop:
+        if stop is None and data[position:position + 8] == _ITEM_END_BYTES:
+            return position + 8
+        tag, vr, length, start = _element_header(data, position, implicit, end)
+        if tag >> 16 == 0xFFFE:
+            raise _Unsure  # a delimiter out of place
+        if length == 0xFFFFFFFF:
+            if not _is_sequence(tag, vr):
+                raise _Unsure
+            position = _skip_sequence(data, start, implicit)
+        else:
+            position = start + length
+        if position > end:
+            raise _Unsure
+    return position
+
+
 def _pixel_element(data: bytes, position: int, implicit: bool) -> Element:
-    if implicit:
-        return None, position + 8, _U32.unpack_from(data, position + 4)[0]
-    if position + 12 > len(data):
-        raise _Unsure
-    return data[position + 4:position + 6], position + 12, _U32.unpack_from(data, position + 8)[0]
+    _, vr, length, start = _element_header(data, position, implicit, len(data))
+    return vr, start, length
 
 
-def _text(data: bytes, element: Element | None) -> str | None:
-    """A value as text, trailing padding stripped as pydicom does (None when absent)."""
+def _text(data: bytes, element: Element | None, vr: bytes) -> str | None:
+    """A value of VR ``vr`` as text, trailing padding stripped as pydicom does (None when
+    absent); unsure of another VR or a skipped sequence."""
     if element is None:
         return None
-    _, start, length = element
+    found, start, length = element
+    if found not in (None, vr) or length < 0:
+        raise _Unsure
     return data[start:start + length].decode("ascii").rstrip(" \x00")
 
 
@@ -208,9 +231,9 @@ class _Facts:
         self.data, self.elements, self.implicit = data, elements, implicit
         if any(tag in elements for tag in _FUNCTIONAL_GROUPS):
             raise _Unsure  # Enhanced CT
-        if self.text(_MODALITY) != "CT" or self.number(_ALLOCATED) != 16:
+        if self.text(_MODALITY, b"CS") != "CT" or self.number(_ALLOCATED) != 16:
             raise _Unsure
-        if self.number(_SAMPLES, 1) != 1 or self.text(_FRAMES) not in (None, "1"):
+        if self.number(_SAMPLES, 1) != 1 or self.text(_FRAMES, b"IS") not in (None, "1"):
             raise _Unsure
         representation = self.number(_REPRESENTATION, 0)
         if representation not in (0, 1):
@@ -221,11 +244,11 @@ class _Facts:
         if not 1 <= self.bits <= 16 or not self.rows or not self.columns:
             raise _Unsure
 
-    def text(self, tag: int) -> str | None:
-        return _text(self.data, self.elements.get(tag))
+    def text(self, tag: int, vr: bytes) -> str | None:
+        return _text(self.data, self.elements.get(tag), vr)
 
     def uid(self, tag: int) -> str:
-        value = self.text(tag)
+        value = self.text(tag, b"UI")
         if not value or not _UID.fullmatch(value):
             raise _Unsure  # missing (keys are derived) or not a plain UID
         return value
@@ -238,7 +261,7 @@ class _Facts:
                 raise _Unsure
             return default
         vr, start, length = element
-        if length != 2 or vr not in (None, b"US"):
+        if length != 2 or vr not in (None, b"US"):  # (a skipped sequence's length is -1)
             raise _Unsure
         return int(_U16.unpack_from(self.data, start)[0])
 
@@ -262,9 +285,7 @@ class _Facts:
         element = self.elements.get(tag)
         if element is None:
             return None
-        if element[0] not in (None, b"DS"):
-            raise _Unsure
-        text = (self.text(tag) or "").lstrip(" \x00")
+        text = (self.text(tag, b"DS") or "").lstrip(" \x00")
         return text.split("\\") if text else None
 
 
