@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -212,12 +213,15 @@ def _delimiter(tag: int, length: int = 0) -> bytes:
 
 
 def _raw_file(path: Path, implicit: bool, extra: bytes = b"", replace: dict | None = None,
-              ) -> Path:
-    """A 4 x 4 CT image, with ``extra`` elements after the others and ``replace``d
-    ones ({tag: (vr, value)})."""
+              group_length: str | None = "UL", first: bytes = b"") -> Path:
+    """A 4 x 4 CT image, with ``extra`` elements after the others, ``replace``d ones
+    ({tag: (vr, value)}), the file meta's group length of VR ``group_length`` (None: none)
+    and ``first`` before the data set's elements."""
     syntax = b"1.2.840.10008.1.2\0" if implicit else b"1.2.840.10008.1.2.1\0"
     meta = _element(0x00020010, "UI", syntax, False)
-    meta = _element(0x00020000, "UL", struct.pack("<I", len(meta)), False) + meta
+    if group_length is not None:
+        size = struct.pack("<I" if group_length == "UL" else "<H", len(meta))
+        meta = _element(0x00020000, group_length, size, False) + meta
     fields = {
         0x00080018: ("UI", b"1.2.3.4.5\0"), 0x00080060: ("CS", b"CT"),
         0x0020000D: ("UI", b"1.2.3.10"), 0x0020000E: ("UI", b"1.2.3.11"),
@@ -231,7 +235,7 @@ def _raw_file(path: Path, implicit: bool, extra: bytes = b"", replace: dict | No
     body = b"".join(_element(tag, vr, value, implicit) for tag, (vr, value) in sorted(
         fields.items()))
     pixels = _element(0x7FE00010, "OW", np.arange(16, dtype="<i2").tobytes(), implicit)
-    path.write_bytes(b"\0" * 128 + b"DICM" + meta + body + extra + pixels)
+    path.write_bytes(b"\0" * 128 + b"DICM" + meta + first + body + extra + pixels)
     return path
 
 
@@ -325,3 +329,43 @@ def test_a_header_cut_inside_a_nested_item_is_left_to_pydicom(tmp_path, monkeypa
     assert read_native(str(path)) is None
     np.testing.assert_array_equal(frames_module.read_file(path).frames[0].stored,
                                   _slow(path, monkeypatch).frames[0].stored)
+
+
+@pytest.mark.parametrize("case", [
+    "character set with a NUL inside", "character set in an item with a NUL inside",
+    "character set as a sequence", "meta group length of VR US", "no meta group length",
+    "command set first",
+])
+def test_files_a_second_review_found_go_the_pydicom_way(tmp_path, monkeypatch, case):
+    """pydicom converts SpecificCharacterSet (top level and in the items it reads whole)
+    and the file meta's first element as it reads, and guesses the VR after a command set:
+    where it might fail, the fast reader leaves the file to it."""
+    implicit = case == "command set first"
+    options: dict[str, Any] = {}
+    if case == "character set with a NUL inside":
+        options["replace"] = {0x00080005: ("CS", b"X\0Y ")}
+    elif case == "character set in an item with a NUL inside":
+        charset = _element(0x00080005, "CS", b"X\0Y ", implicit)
+        options["extra"] = (_element(0x00081140, "SQ", b"", implicit, _UNDEFINED)
+                            + _delimiter(0xFFFEE000, _UNDEFINED) + charset
+                            + _delimiter(0xFFFEE00D) + _delimiter(0xFFFEE0DD))
+    elif case == "character set as a sequence":
+        options["first"] = (_element(0x00080005, "SQ", b"", implicit, _UNDEFINED)
+                            + _delimiter(0xFFFEE0DD))
+    elif case == "meta group length of VR US":
+        options["group_length"] = "US"
+    elif case == "no meta group length":
+        options["group_length"] = None
+    elif case == "command set first":  # then a length reading as capitals ("BA")
+        options["first"] = _element(0x00000000, "UL", struct.pack("<I", 0), True) + (
+            _element(0x00071000, "UN", b"\0" * 0x4142, True))
+    path = _raw_file(tmp_path / "case.dcm", implicit, **options)
+    assert read_native(str(path)) is None
+    try:
+        expected = _slow(path, monkeypatch)
+    except Exception as e:
+        with pytest.raises(type(e)):
+            frames_module.read_file(path)
+    else:
+        np.testing.assert_array_equal(frames_module.read_file(path).frames[0].stored,
+                                      expected.frames[0].stored)

@@ -45,7 +45,7 @@ _ITEM_END_BYTES = bytes.fromhex("FEFF0DE000000000")  # (FFFE,E00D), length 0
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 # the attributes read, by tag
-_TRANSFER_SYNTAX = 0x00020010
+_META_GROUP_LENGTH, _TRANSFER_SYNTAX, _CHARACTER_SET = 0x00020000, 0x00020010, 0x00080005
 _SOP_INSTANCE, _STUDY, _SERIES, _MODALITY = 0x00080018, 0x0020000D, 0x0020000E, 0x00080060
 _SAMPLES, _FRAMES, _ROWS, _COLUMNS = 0x00280002, 0x00280008, 0x00280010, 0x00280011
 _ALLOCATED, _STORED, _REPRESENTATION = 0x00280100, 0x00280101, 0x00280103
@@ -99,10 +99,15 @@ def _header(data: bytes) -> tuple[bool, dict[int, Element], int]:
     if len(data) < 132 or data[128:132] != b"DICM":
         raise _Unsure
     meta, position = _walk(data, 132, implicit=False, meta=True)
+    group_length = meta.get(_META_GROUP_LENGTH)
+    if group_length is None or group_length[0] != b"UL" or group_length[2] != 4:
+        raise _Unsure  # pydicom converts the meta's first element as it reads
     syntax = _text(data, meta.get(_TRANSFER_SYNTAX), b"UI")
     if syntax not in (_IMPLICIT, _EXPLICIT):
         raise _Unsure  # compressed, deflated or big-endian
     implicit = syntax == _IMPLICIT
+    if position + 6 > len(data) or _U16.unpack_from(data, position)[0] == 0:
+        raise _Unsure  # a command set first: pydicom guesses the VR after it
     if implicit and all(0x41 <= b <= 0x5A for b in data[position + 4:position + 6]):
         raise _Unsure  # two capitals where a VR would be: pydicom's guess decides
     elements, position = _walk(data, position, implicit=implicit, meta=False)
@@ -153,6 +158,8 @@ def _walk(data: bytes, position: int, *, implicit: bool, meta: bool,
             if tag != _PIXEL_DATA:
                 raise _Unsure  # float pixel data, or none
             return elements, position
+        if tag == _CHARACTER_SET:
+            _check_character_set(data, vr, start, length)
         if length == 0xFFFFFFFF:
             if meta or not _is_sequence(tag, vr):
                 raise _Unsure
@@ -164,6 +171,16 @@ def _walk(data: bytes, position: int, *, implicit: bool, meta: bool,
         elements[tag] = (vr, start, length)
         position = start + length
     raise _Unsure  # the header goes on past the bytes read
+
+
+def _check_character_set(data: bytes, vr: bytes | None, start: int, length: int) -> None:
+    """SpecificCharacterSet, which pydicom converts as it reads (at the top level and in the
+    items it reads whole): unsure of any value it might fail on."""
+    if vr not in (None, b"CS") or length == 0xFFFFFFFF:
+        raise _Unsure
+    if b"\x00" in data[start:start + length].rstrip(b" \x00") or not data[
+            start:start + length].isascii():
+        raise _Unsure
 
 
 def _skip_sequence(data: bytes, position: int, implicit: bool) -> int:
@@ -197,6 +214,8 @@ def _skip_item(data: bytes, position: int, stop: int | None, implicit: bool) -> 
         tag, vr, length, start = _element_header(data, position, implicit, end)
         if tag >> 16 == 0xFFFE:
             raise _Unsure  # a delimiter out of place
+        if tag == _CHARACTER_SET:
+            _check_character_set(data, vr, start, length)
         if length == 0xFFFFFFFF:
             if not _is_sequence(tag, vr):
                 raise _Unsure
