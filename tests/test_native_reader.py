@@ -239,6 +239,21 @@ def _raw_file(path: Path, implicit: bool, extra: bytes = b"", replace: dict | No
     return path
 
 
+def _assert_left_to_pydicom(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast reader declines ``path``, and read_file gives pydicom's outcome: the same
+    error, or the same position and pixels."""
+    assert read_native(str(path)) is None
+    try:
+        expected = _slow(path, monkeypatch)
+    except Exception as e:
+        with pytest.raises(type(e)):
+            frames_module.read_file(path)
+    else:
+        got = frames_module.read_file(path).frames[0]
+        assert got.position == expected.frames[0].position
+        np.testing.assert_array_equal(got.stored, expected.frames[0].stored)
+
+
 @pytest.mark.parametrize("implicit", [False, True])
 def test_raw_files_read_fast_and_the_same(tmp_path, monkeypatch, implicit):
     """The raw builder's plain file, and one with a sequence of undefined length holding
@@ -292,23 +307,14 @@ def test_files_a_review_found_go_the_pydicom_way(tmp_path, monkeypatch, case):
                  + _delimiter(0xFFFEE000, len(head)) + head + value + _delimiter(0xFFFEE0DD))
     elif case == "rows and columns far beyond the file":
         replace[0x00280010] = replace[0x00280011] = ("US", struct.pack("<H", 65535))
+    path = _raw_file(tmp_path / "case.dcm", implicit, extra=extra, replace=replace)
+    if case == "rows and columns far beyond the file":
         # checked before any allocation: 8 GiB would be asked for, past a 4 GiB limit
-        path = _raw_file(tmp_path / "case.dcm", implicit, replace=replace)
         code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30));"
                 "from calcpipe.dicom.native import read_native;"
                 "sys.exit(0 if read_native(sys.argv[1]) is None else 1)")
         subprocess.run([sys.executable, "-c", code, str(path)], check=True)
-    path = _raw_file(tmp_path / "case.dcm", implicit, extra=extra, replace=replace)
-    assert read_native(str(path)) is None
-    try:
-        expected = _slow(path, monkeypatch)
-    except Exception as e:
-        with pytest.raises(type(e)):
-            frames_module.read_file(path)
-    else:
-        got = frames_module.read_file(path).frames[0]
-        assert got.position == expected.frames[0].position
-        np.testing.assert_array_equal(got.stored, expected.frames[0].stored)
+    _assert_left_to_pydicom(path, monkeypatch)
 
 
 def test_a_header_cut_inside_a_nested_item_is_left_to_pydicom(tmp_path, monkeypatch):
@@ -359,13 +365,4 @@ def test_files_a_second_review_found_go_the_pydicom_way(tmp_path, monkeypatch, c
     elif case == "command set first":  # then a length reading as capitals ("BA")
         options["first"] = _element(0x00000000, "UL", struct.pack("<I", 0), True) + (
             _element(0x00071000, "UN", b"\0" * 0x4142, True))
-    path = _raw_file(tmp_path / "case.dcm", implicit, **options)
-    assert read_native(str(path)) is None
-    try:
-        expected = _slow(path, monkeypatch)
-    except Exception as e:
-        with pytest.raises(type(e)):
-            frames_module.read_file(path)
-    else:
-        np.testing.assert_array_equal(frames_module.read_file(path).frames[0].stored,
-                                      expected.frames[0].stored)
+    _assert_left_to_pydicom(_raw_file(tmp_path / "case.dcm", implicit, **options), monkeypatch)

@@ -301,9 +301,6 @@ class _Facts:
     def decimals(self, tag: int) -> list[str] | None:
         """A decimal string's values as text (as frames._fast_get); None where absent or
         empty."""
-        element = self.elements.get(tag)
-        if element is None:
-            return None
         text = (self.text(tag, b"DS") or "").lstrip(" \x00")
         return text.split("\\") if text else None
 

@@ -41,7 +41,8 @@ def nifti_bytes(labels: npt.NDArray[np.uint8], affine_zyx_lps: npt.NDArray[np.fl
 def plain_nifti_bytes(labels: npt.NDArray[np.uint8],
                       affine_zyx_lps: npt.NDArray[np.float64]) -> bytes:
     """:func:`nifti_bytes` before compression."""
-    return bytes(_nifti_image(labels, affine_zyx_lps).to_bytes())
+    data: bytes = _nifti_image(labels, affine_zyx_lps).to_bytes()
+    return data
 
 
 def _nifti_image(labels: npt.NDArray[np.uint8], affine_zyx_lps: npt.NDArray[np.float64]) -> Any:
