@@ -11,9 +11,12 @@
 #      score: one study at a time, several at once on threads, and 15 and 24 processes
 #      sharing the GPU, 15 also asleep while they wait for it (gpu_pipeline.py);
 #   3. segmentation alone in several processes sharing the GPU, volumes in memory
-#      (gpu_pipeline.py --segment-only).
+#      (gpu_pipeline.py --segment-only);
+#   4. the host CPU work per study on this node's cores, network replayed
+#      (bench_host_cpu.py, as in make bench): the same figure as on a CPU machine, so that
+#      its projections to a GPU node can be calibrated stage by stage.
 # Figures go to $OUT (gpu_check.json, segment_profile.txt, gpu_pipeline.json,
-# gpu_segment.json) and stdout. At most 9 minutes (the timeouts below), about 5 on one
+# gpu_segment.json) and stdout. At most 10 minutes (the timeouts below), about 6 on one
 # H100 with 16 cores.
 # One measurement failing does not stop the other.
 set -uo pipefail
@@ -27,3 +30,5 @@ timeout 250 python3 bench/gpu_pipeline.py --device cuda --precision bf16 \
     || echo "gpu_pipeline.py failed: $?"
 timeout 130 python3 bench/gpu_pipeline.py --device cuda --precision bf16 --segment-only \
     || echo "gpu_pipeline.py --segment-only failed: $?"
+timeout 60 python3 bench/bench_host_cpu.py --studies 4 --rounds 2 \
+    || echo "bench_host_cpu.py failed: $?"
