@@ -112,6 +112,17 @@ def test_zero_case(study):
 
 @SETTINGS
 @given(studies())
+def test_rows_do_not_depend_on_hu(study):
+    hu, labels, spacing, profile = study
+    labels = np.where(labels == 7, 12, labels)  # a value outside the canonical map
+    for dtype in (np.uint8, np.int32):  # the byte and the slab search
+        hot = score(hu, labels.astype(dtype), spacing, profile=profile)
+        cold = score(np.minimum(hu, 129), labels.astype(dtype), spacing, profile=profile)
+        assert [r.name for r in hot.rows] == [r.name for r in cold.rows]
+
+
+@SETTINGS
+@given(studies())
 def test_slice_spacing_normalisation(study):
     hu, labels, spacing, profile = study
     at_3 = score(hu, labels, (3.0, *spacing[1:]), profile=profile)

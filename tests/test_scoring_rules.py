@@ -165,6 +165,48 @@ def test_lessmann_minimum_lesion_volume():
     assert lad.agatston == 2 * 3 * (1 / 3)
 
 
+def test_lesion_volume_minimum_also_drops_slice_components():
+    hu, lab = blank((3, 16, 16))
+    hu[1, 2:4, 2:4], lab[1, 2:4, 2:4] = 300, 2  # 1 mm^2 component, a 3 mm^3 lesion
+    profile = Profile("area+volume", "test", "test", min_area_mm2=1.0, min_lesion_volume_mm3=5.0)
+    lad = score(hu, lab, (3.0, 0.5, 0.5), profile=profile).row("LAD")
+    assert (lad.agatston, lad.n_voxels, lad.n_lesions) == (0.0, 0, 0)
+    hu[2, 2:4, 2:4], lab[2, 2:4, 2:4] = 300, 2  # now 6 mm^3: kept, both slices count
+    lad = score(hu, lab, (3.0, 0.5, 0.5), profile=profile).row("LAD")
+    assert (lad.agatston, lad.n_voxels, lad.n_lesions) == (6.0, 8, 1)
+
+
+def test_component_minimum_also_applies_to_lesion_slices():
+    hu, lab = blank((3, 16, 16))
+    hu[1, 2:4, 2:4], lab[1, 2:4, 2:4] = 300, 2  # 4 px = 1 mm^2: kept
+    hu[1, 10, 10], lab[1, 10, 10] = 300, 2  # 1 px = 0.25 mm^2: not calcium
+    for minimum in ({"min_area_mm2": 1.0}, {"min_pixels": 3}):
+        profile = Profile("lesion+area", "test", "test", unit="lesion_slice", **minimum)
+        lad = score(hu, lab, (3.0, 0.5, 0.5), profile=profile).row("LAD")
+        assert (lad.agatston, lad.n_voxels, lad.n_lesions) == (3.0, 4, 1)
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"threshold_by_kvp_hu": ((80.0, 150.0),)}, "threshold_by_kvp_hu"),
+    ({"slice_connectivity": 8, "lesion_connectivity": 6}, "lesion_connectivity"),
+])
+def test_profiles_that_cannot_be_scored_are_refused(fields, field):
+    with pytest.raises(ValueError, match=field):
+        Profile("bad", "test", "test", **fields)
+
+
+def test_8_connected_lesion_slices_in_6_connected_lesions_are_allowed():
+    # lesion_slice weighs each lesion's cross-section: no 2-D component to attribute
+    hu, lab = blank((1, 6, 6))
+    hu[0, 1, 1], hu[0, 2, 2] = 150, 450  # diagonal: two 6-connected lesions
+    lab[0, 1:3, 1:3] = 2
+    result = score(hu, lab, (3.0, 1.0, 1.0), profile="orcascore")
+    assert [les.agatston for les in result.lesions] == [1.0, 4.0]
+    four = Profile("p46", "test", "test", slice_connectivity=4, lesion_connectivity=6)
+    result = score(hu, lab, (3.0, 1.0, 1.0), profile=four)
+    assert [les.agatston for les in result.lesions] == [1.0, 4.0]
+
+
 def test_spacing_and_thickness_normalisation():
     hu, lab = blank((4, 4, 4))
     hu[:, 1, 1], lab[:, 1, 1] = 300, 2  # 1 mm^2 x weight 3 on each of 4 slices = 12
@@ -238,6 +280,20 @@ def test_custom_label_names_have_no_group_rows():
     assert result.row("insert").agatston == 6.0
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16])  # the byte and the slab search
+def test_rows_do_not_depend_on_hu(dtype):
+    hu, lab = blank()
+    lab[0, 0:3, 0:3] = 9  # a non-canonical label, nowhere near calcium
+    lab[1, 4, 4], lab[2, 4, 4] = 2**6, 2
+    names = [r.name for r in score(hu, lab.astype(dtype), (3, 1, 1)).rows]
+    assert names == ["LM", "LAD", "LCX", "RCA", "TAC", "AVC", "MAC", "label_9", "label_64",
+                     "CAC", "AC", "TOTAL"]
+    hu[0, 0, 0] = hu[1, 4, 4] = 500
+    result = score(hu, lab.astype(dtype), (3, 1, 1))
+    assert [r.name for r in result.rows] == names
+    assert result.row("label_9").n_voxels == result.row("label_64").n_voxels == 1
+
+
 @pytest.mark.parametrize(("kwargs", "parameter"), [
     ({"labels": np.zeros((3, 8, 7), np.uint8)}, "labels"),
     ({"labels": -np.ones((3, 8, 8), np.int8)}, "labels"),
@@ -253,6 +309,18 @@ def test_custom_label_names_have_no_group_rows():
     ({"mass_calibration": -1.0}, "mass_calibration"),
     ({"affine": np.eye(3)}, "affine"),
     ({"label_names": {0: "background"}}, "label_names"),
+    ({"kvp": "120"}, "kvp"),
+    ({"kvp": None}, "kvp"),
+    ({"kvp": True}, "kvp"),
+    ({"mass_calibration": True}, "mass_calibration"),
+    ({"mass_calibration": "0.7"}, "mass_calibration"),
+    ({"spacing_mm": (1e200, 1e200, 1e200)}, "spacing_mm"),
+    ({"spacing_mm": (1e-200, 1e-200, 1e-200)}, "spacing_mm"),
+    ({"hu": np.full((3, 8, 8), 1e308)}, "hu"),
+    ({"hu": np.full((3, 8, 8), -40000.0, np.float32)}, "hu"),
+    ({"labels": np.full((3, 8, 8), 2**63 + 2, np.uint64)}, "labels"),
+    ({"labels": np.full((3, 8, 8), 3, np.uint8), "label_names": {2: "label_3"}}, "label_names"),
+    ({"label_names": {2**63: "huge"}}, "label_names"),
 ])
 def test_bad_input_names_the_parameter(kwargs, parameter):
     args = {"hu": np.zeros((3, 8, 8), np.int16), "labels": np.zeros((3, 8, 8), np.uint8),
@@ -297,7 +365,7 @@ def test_labelled_voxels_found_word_by_word_equal_the_slab_comparison():
     """One-byte label maps are searched eight labels at a time; the answer is the
     whole-volume comparison's, for any layout and size (the tail of a size that is not a
     multiple of 8 goes the slab way)."""
-    from calcpipe.scoring.engine import _candidates, _candidates_by_slab
+    from calcpipe.scoring.engine import _candidates, _candidates_by_slab, _find, _find_by_slab
 
     rng = np.random.default_rng(5)
     for case in range(200):
@@ -311,3 +379,6 @@ def test_labelled_voxels_found_word_by_word_equal_the_slab_comparison():
             np.testing.assert_array_equal(_candidates(volume, labels, 130.0), expected)
         np.testing.assert_array_equal(_candidates(hu, labels.astype(np.int16), 130.0), expected)
         assert expected.size == np.count_nonzero((hu >= 130) & (labels > 0))
+        present = np.unique(labels[labels > 0])  # at any HU
+        np.testing.assert_array_equal(_find(hu, labels, 130.0)[1], present)
+        np.testing.assert_array_equal(_find_by_slab(hu, labels, 130.0)[1], present)

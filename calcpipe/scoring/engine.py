@@ -9,6 +9,7 @@ Components never cross labels: two voxels connect only when they carry the same 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ METAL_HU = 2500
 _SLAB = 4
 #: relative slack on size minimums, so 4 pixels of 0.5 x 0.5 mm meet 1 mm^2 exactly
 _SIZE_RTOL = 1e-9
+#: the largest label value a row can hold (labels are int64 in the rows' schema)
+_MAX_LABEL = int(np.iinfo(np.int64).max)
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,9 @@ class ScoreResult:
     Attributes
     ----------
     rows : tuple of LabelScore
-        One row per label (ascending label value; zero rows for absent labels), then the
-        group rows CAC, AC, TOTAL when the canonical label map is used.
+        One row per label named or present at any HU (ascending label value; zero rows for
+        labels without calcium), then the group rows CAC, AC, TOTAL when the canonical label
+        map is used.
     lesions : tuple of LesionScore
     profile, threshold_hu, kvp, mass_calibration :
         The exact parameters that produced the rows (c_HA in mg HA / cm^3 / HU).
@@ -84,7 +88,7 @@ def score(
     Parameters
     ----------
     hu : (Z, Y, X) ndarray of int or float, Hounsfield units
-        Slices in order along z; no NaN.
+        Slices in order along z; no NaN; floats within the int16 range.
     labels : (Z, Y, X) ndarray of non-negative int
         0 = not calcium. A label may be a loose region of interest: a voxel is calcium only
         where its HU is at or above the profile's threshold for ``kvp``.
@@ -96,7 +100,8 @@ def score(
         Tube voltage; selects the threshold (unknown kVp: the 120 kVp threshold, flagged).
     label_names : mapping int -> str, optional
         Default: the canonical map (LM, LAD, LCX, RCA, TAC, AVC, MAC) with group rows.
-        Custom maps give no group rows; values present but unnamed become ``label_<v>``.
+        Custom maps give no group rows; values present but unnamed become ``label_<v>``
+        (a map that gives that name to another value is refused).
     mass_calibration : float, optional
         c_HA in mg HA per cm^3 per HU; default :data:`NOMINAL_C_HA`, flagged.
     affine : (4, 4) array, optional
@@ -134,6 +139,11 @@ def score(
                                "not valid over metal (stent, valve prosthesis)"))
 
     for value in per_label:
+        if value not in names and f"label_{value}" in names.values():
+            raise ScoringInputError("label_names", label_names,
+                                    f"label {value} is present, and its default name "
+                                    f"label_{value} is taken by another label",
+                                    fix=f"name label {value} too, or rename the other")
         names.setdefault(value, f"label_{value}")
     rows = [per_label.get(value) or _zero_row(value, name)
             for value, name in sorted(names.items())]
@@ -158,6 +168,11 @@ def _validate(
     if hu_arr.dtype.kind == "f" and not np.isfinite(hu_arr).all():
         raise ScoringInputError("hu", f"{int((~np.isfinite(hu_arr)).sum())} non-finite voxels",
                                 "NaN or infinite HU", fix="mask or fill them before scoring")
+    if hu_arr.dtype.kind == "f" and hu_arr.size and (hu_arr.min() < -32768
+                                                     or hu_arr.max() > 32767):
+        # CT numbers are stored as int16; beyond that sums of HU can overflow
+        raise ScoringInputError("hu", f"range {hu_arr.min():g}..{hu_arr.max():g}",
+                                "HU outside -32768..32767", fix="check the rescale of the series")
     label_arr = np.asarray(labels)
     if label_arr.shape != hu_arr.shape:
         raise ScoringInputError("labels", f"shape {label_arr.shape}",
@@ -168,6 +183,10 @@ def _validate(
     if label_arr.dtype.kind == "i" and label_arr.size and int(label_arr.min()) < 0:
         raise ScoringInputError("labels", f"minimum {int(label_arr.min())}",
                                 "must be non-negative (0 = not calcium)")
+    if label_arr.dtype == np.uint64 and label_arr.size and int(label_arr.max()) > _MAX_LABEL:
+        raise ScoringInputError("labels", f"maximum {int(label_arr.max())}",
+                                f"label values above {_MAX_LABEL} do not fit the int64 rows",
+                                fix="renumber the labels")
     try:
         spacing = tuple(float(s) for s in np.asarray(spacing_mm, dtype=float).ravel())
     except (TypeError, ValueError) as e:
@@ -175,12 +194,18 @@ def _validate(
     if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise ScoringInputError("spacing_mm", spacing_mm,
                                 "must be three finite positive millimetre values (z, y, x)")
-    if not np.isfinite(kvp) or kvp <= 0:
-        raise ScoringInputError("kvp", kvp, "must be a positive tube voltage")
-    if mass_calibration is not None and (not np.isfinite(mass_calibration)
+    pixel_area = spacing[1] * spacing[2]
+    if not all(0 < v < np.inf for v in (pixel_area, pixel_area * spacing[0])):
+        raise ScoringInputError("spacing_mm", spacing_mm,
+                                "pixel area or voxel volume is not a finite positive number",
+                                fix="give the spacing in millimetres")
+    if not _is_number(kvp) or not np.isfinite(kvp) or kvp <= 0:
+        raise ScoringInputError("kvp", kvp, "must be a positive tube voltage (a number)")
+    if mass_calibration is not None and (not _is_number(mass_calibration)
+                                         or not np.isfinite(mass_calibration)
                                          or mass_calibration <= 0):
         raise ScoringInputError("mass_calibration", mass_calibration,
-                                "c_HA must be positive (mg HA per cm^3 per HU)")
+                                "c_HA must be a positive number (mg HA per cm^3 per HU)")
     if slice_thickness_mm is not None and (not np.isfinite(slice_thickness_mm)
                                            or slice_thickness_mm <= 0):
         raise ScoringInputError("slice_thickness_mm", slice_thickness_mm, "must be positive")
@@ -193,10 +218,15 @@ def _validate(
     return hu_arr, label_arr, (spacing[0], spacing[1], spacing[2]), matrix
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+
+
 def _check_names(label_names: Mapping[int, str]) -> dict[int, str]:
     names = {}
     for value, name in label_names.items():
-        if not isinstance(value, int | np.integer) or value <= 0 or not isinstance(name, str):
+        if (not isinstance(value, int | np.integer) or not 0 < value <= _MAX_LABEL
+                or not isinstance(name, str)):
             raise ScoringInputError("label_names", {value: name},
                                     "keys must be positive label values, values names")
         names[int(value)] = name
@@ -290,42 +320,66 @@ def _components(
 
 
 def _candidates(hu: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
-    """Flat indices (raster order) of labelled voxels at or above the threshold.
+    """Flat indices (raster order) of labelled voxels at or above the threshold."""
+    return _find(hu, labels, threshold)[0]
+
+
+def _find(hu: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_candidates`, and the label values present at any HU (each gets its row, so
+    that the rows do not depend on HU).
 
     Labels are sparse: the labelled voxels are found first, the threshold checked only
     there. A one-byte label map is read eight labels at a time (as 64-bit words; a word
     with any label is looked at voxel by voxel): 0.8 against 8 ms per 512 x 512 study for
-    the slab-by-slab comparison of both volumes, :func:`_candidates_by_slab`, which other
+    the slab-by-slab comparison of both volumes, :func:`_find_by_slab`, which other
     label types still take (tests compare the two).
     """
     if labels.dtype.itemsize != 1 or not labels.flags.c_contiguous or labels.size % 8:
-        return _candidates_by_slab(hu, labels, threshold)
+        return _find_by_slab(hu, labels, threshold)
     # (!= 0 first: numpy's nonzero of a boolean array is several times faster than of words)
     words = np.flatnonzero(labels.reshape(-1).view(np.uint64) != 0)
     flat = (words[:, None] * 8 + np.arange(8)).ravel()
-    flat = flat[labels.reshape(-1)[flat] != 0]
+    found = labels.reshape(-1)[flat]
+    present = _present(found)
+    flat = flat[found != 0]
     values = hu.reshape(-1)[flat] if hu.flags.c_contiguous else hu[np.unravel_index(flat,
                                                                                      hu.shape)]
-    return flat[values >= threshold]
+    return flat[values >= threshold], present
 
 
 def _candidates_by_slab(hu: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
-    """:func:`_candidates` for any label type, a few slices at a time so that the
+    return _find_by_slab(hu, labels, threshold)[0]
+
+
+def _find_by_slab(
+    hu: np.ndarray, labels: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_find` for any label type, a few slices at a time so that the
     temporaries stay in cache (2.4x faster than whole-volume boolean arrays), with
     flatnonzero (np.nonzero on a 3-D mask is an order of magnitude slower)."""
     plane = hu.shape[1] * hu.shape[2]
     above = np.empty((_SLAB, *hu.shape[1:]), dtype=bool)
     labelled = np.empty_like(above)
-    found = []
+    found, values = [], []
     for z in range(0, hu.shape[0], _SLAB):
         n = min(_SLAB, hu.shape[0] - z)
         np.greater_equal(hu[z : z + n], threshold, out=above[:n])
         np.not_equal(labels[z : z + n], 0, out=labelled[:n])
+        values.append(labels[z : z + n][labelled[:n]])
         above[:n] &= labelled[:n]
         hits = np.flatnonzero(above[:n])
         if hits.size:
             found.append(hits + z * plane)
-    return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
+    present = _present(np.concatenate(values)) if values else np.zeros(0, dtype=np.int64)
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.intp), present
+
+
+def _present(values: np.ndarray) -> np.ndarray:
+    """The distinct non-zero values, from the last value of each run: labels come in long
+    runs (0.1 ms per 512 x 512 x 60 study against 0.6 ms for np.unique of every value)."""
+    ends = np.flatnonzero(values[1:] != values[:-1])
+    present = np.unique(np.r_[values[ends], values[-1:]])
+    return present[present != 0]
 
 
 def _score_labels(
@@ -333,9 +387,10 @@ def _score_labels(
     spacing: tuple[float, float, float], factor: float, stride: int, c_ha: float,
     affine: np.ndarray | None,
 ) -> tuple[dict[int, LabelScore], list[LesionScore], int]:
-    flat = _candidates(hu, labels, threshold)
+    flat, present = _find(hu, labels, threshold)
+    rows = {int(value): _zero_row(int(value), "") for value in present}
     if not flat.size:
-        return {}, [], 0
+        return rows, [], 0
     coords = np.unravel_index(flat, hu.shape)
     voxel_label = labels.ravel()[flat].astype(np.int64)
     voxel_hu = hu.ravel()[flat].astype(np.float64)
@@ -344,23 +399,30 @@ def _score_labels(
     voxel_volume = pixel_area * spacing[0]
     lesion_offsets = _VOLUME_OFFSETS[prof.lesion_connectivity]
 
-    if prof.unit == "slice_component":
+    # in either unit, a component or lesion below its minimum is not calcium: components
+    # are sized first, lesions formed from the components kept, then sized
+    kept = np.ones(len(flat), dtype=bool)
+    planar = None
+    if prof.unit == "slice_component" or prof.min_area_mm2 > 0 or prof.min_pixels > 1:
         component = _components(coords, voxel_label, _PLANAR_OFFSETS[prof.slice_connectivity])
-        units = _group(component, voxel_hu)
-        area_ok = units.counts * pixel_area >= prof.min_area_mm2 * (1 - _SIZE_RTOL)
-        keep_unit = area_ok & (units.counts >= prof.min_pixels)
-        kept = keep_unit[units.index]
-        lesion = np.full(len(flat), -1, dtype=np.intp)
-        kept_coords = (coords[0][kept], coords[1][kept], coords[2][kept])
-        lesion[kept] = _components(kept_coords, voxel_label[kept], lesion_offsets)
+        planar = _group(component, voxel_hu)
+        area_ok = planar.counts * pixel_area >= prof.min_area_mm2 * (1 - _SIZE_RTOL)
+        kept = (area_ok & (planar.counts >= prof.min_pixels))[planar.index]
+    lesion = np.full(len(flat), -1, dtype=np.intp)
+    kept_coords = (coords[0][kept], coords[1][kept], coords[2][kept])
+    lesion[kept] = _components(kept_coords, voxel_label[kept], lesion_offsets)
+    if prof.min_lesion_volume_mm3 > 0:
+        volume_ok = np.bincount(lesion[kept]) * voxel_volume >= (
+            prof.min_lesion_volume_mm3 * (1 - _SIZE_RTOL))
+        was_kept = np.flatnonzero(kept)
+        kept[was_kept] = volume_ok[lesion[was_kept]]
+        lesion[~kept] = -1
+    if prof.unit == "slice_component" and planar is not None:
+        units = planar  # each lies inside one lesion (Profile refuses 8- with 6-connected)
     else:
-        lesion = _components(coords, voxel_label, lesion_offsets)
-        sizes = np.bincount(lesion)
-        keep_lesion = sizes * voxel_volume >= prof.min_lesion_volume_mm3 * (1 - _SIZE_RTOL)
+        # lesion x slice; dropped voxels (lesion -1) get negative keys, never counted
         units = _group(lesion.astype(np.int64) * hu.shape[0] + coords[0], voxel_hu)
-        keep_unit = keep_lesion[lesion[units.first]]
-        kept = keep_unit[units.index]
-        lesion = np.where(kept, lesion, -1)
+    keep_unit = kept[units.first]
 
     unit_label = voxel_label[units.first]
     counted = keep_unit & (coords[0][units.first] % stride == 0)
@@ -368,13 +430,11 @@ def _score_labels(
     unit_score = np.where(counted, unit_area * _weights(units.peaks), 0.0)
     unit_area = np.where(counted, unit_area, 0.0)
 
-    rows: dict[int, LabelScore] = {}
     lesions: list[LesionScore] = []
     for value in np.unique(voxel_label):
         in_label = kept & (voxel_label == value)
         n_kept = int(in_label.sum())
         if not n_kept:
-            rows[int(value)] = _zero_row(int(value), "")
             continue
         kept_hu = voxel_hu[in_label]
         hu_sum = float(kept_hu.sum())

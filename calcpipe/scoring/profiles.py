@@ -15,9 +15,12 @@ Conventions (fields):
   slice, weighted by the lesion's peak HU within that slice.
 * ``slice_connectivity`` (4 or 8) for 2-D components; ``lesion_connectivity`` (6, 18 or 26)
   for 3-D lesions (counted in every profile, and the weighting unit of ``lesion_slice``).
+  ``"slice_component"`` needs every 2-D component inside one lesion, so 8-connected
+  components with 6-connected lesions are refused.
 * minimum sizes: ``min_area_mm2`` and ``min_pixels`` per 2-D component,
-  ``min_lesion_volume_mm3`` per 3-D lesion. A component or lesion below the minimum is not
-  calcium at all (it counts for no score).
+  ``min_lesion_volume_mm3`` per 3-D lesion, in either unit. A component or lesion below the
+  minimum is not calcium at all (it counts for no score): components are sized first,
+  lesions are then formed from the components kept.
 * ``slice_factor``: Agatston is multiplied by (distance between slice centres / 3 mm), or by
   (SliceThickness / 3 mm) for ``"thickness"``.
 * ``slice_stride``: ``"all"`` slices, or ``"non_overlapping"``: of an overlapping
@@ -57,6 +60,20 @@ class Profile:
     min_lesion_volume_mm3: float = 0.0
     slice_factor: Literal["spacing", "thickness"] = "spacing"
     slice_stride: Literal["all", "non_overlapping"] = "all"
+
+    def __post_init__(self) -> None:
+        if 120.0 not in dict(self.threshold_by_kvp_hu):
+            raise ScoringInputError(
+                "threshold_by_kvp_hu", self.threshold_by_kvp_hu,
+                "needs a 120 kVp entry (the threshold of every kVp without one)",
+                fix="add (120.0, 130.0), Agatston's threshold")
+        if (self.unit == "slice_component" and self.slice_connectivity == 8
+                and self.lesion_connectivity == 6):
+            # a diagonal pair would be one component in two lesions: its score has no lesion
+            raise ScoringInputError(
+                "lesion_connectivity", 6,
+                "6-connected lesions split 8-connected slice components",
+                fix="use slice_connectivity=4, or lesion_connectivity=18 or 26")
 
     def threshold_hu(self, kvp: float) -> tuple[float, bool]:
         """Threshold for ``kvp`` and whether it fell back to the 120 kVp entry."""
