@@ -36,6 +36,17 @@ def test_sort_key_ascends_in_patient_z_for_either_normal():
     assert list(np.argsort(geometry.sort_key(positions, down))) == [1, 2, 0]
 
 
+def test_sort_key_ascends_along_the_normal_of_a_non_axial_stack():
+    positions = np.array([[-4.0, 0, 0], [0.0, 0, 0], [-2.0, 0, 0]])
+    for noise in (0.0, 1e-6, -1e-6):  # sagittal, normal (-1, 0, -noise)
+        normal = geometry.slice_normal([0, 1, 0, noise, 0, -1])
+        assert list(np.argsort(geometry.sort_key(positions, normal))) == [1, 2, 0]
+    # an axial stack tilted well past the noise still ascends in patient z
+    tilted = geometry.slice_normal([1, 0, 0, 0, -0.9, 0.3])
+    keys = geometry.sort_key(np.array([[0, 0, 3.0], [0, 0, 0.0]]) , tilted)
+    assert keys[0] > keys[1]
+
+
 def test_stack_problems_on_hand_made_positions():
     normal = np.array([0.0, 0.0, 1.0])
     z = np.array([0.0, 3.0, 6.0, 9.0])

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import shutil
+import zlib
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from calcpipe.dicom import PADDING_HU, load_volume
+from calcpipe.dicom import (
+    PADDING_HU,
+    DicomDecodeError,
+    DicomError,
+    DicomGeometryError,
+    load_volume,
+)
+from calcpipe.dicom.frames import to_hu
+from calcpipe.dicom.writer import write_series
+from calcpipe.ingest import discover, scan_headers
 
 
 def test_round_trip_is_exact(make_series):
@@ -187,3 +197,99 @@ def test_missing_uids_get_stable_derived_keys(tmp_path, make_series):
     for code in ("derived_study_uid", "derived_series_uid", "derived_instance_uid"):
         assert first.has_flag(code)
     np.testing.assert_array_equal(first.hu, hu)
+
+
+def _deflated_series(folder):
+    """A series saved as Deflated Explicit VR Little Endian; the images compress well, so
+    the inflated data set is longer than the file."""
+    hu = np.zeros((3, 64, 64), dtype=np.int16)
+    hu[:, 16:48, 16:48] = 400
+    files = write_series(folder, hu, spacing_mm=(3.0, 0.5, 0.5))
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True)
+    return hu, files
+
+
+def test_deflated_series_loads_and_is_chosen(tmp_path):
+    hu, files = _deflated_series(tmp_path / "s")
+    ds = pydicom.dcmread(files[0])
+    assert ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert len(ds.PixelData) > files[0].stat().st_size
+    volume = load_volume(tmp_path / "s")
+    np.testing.assert_array_equal(volume.hu, hu)
+    np.testing.assert_array_equal(volume.hu[0], ds.pixel_array.astype(np.int32) - 1024)
+    (study,) = discover(tmp_path).studies
+    assert study.chosen is not None and study.chosen.summary.n_slices == 3
+    assert study.chosen.summary.has_pixel_data
+
+
+def test_truncated_deflated_file_is_refused_by_name(tmp_path):
+    _, files = _deflated_series(tmp_path / "s")
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[:len(data) - 40])  # cut inside the compressed stream
+    with pytest.raises(DicomError) as info:
+        load_volume(tmp_path / "s")
+    assert info.value.code == "truncated"
+    skipped = scan_headers(tmp_path).skipped
+    assert [(s.url, s.code) for s in skipped] == [(str(files[1]), "truncated")]
+    # a complete stream whose inflated data set ends inside the pixel data
+    ds = pydicom.dcmread(files[2])
+    start = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
+    body = zlib.decompress(data[start:], -zlib.MAX_WBITS)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    short = packer.compress(body[:-100]) + packer.flush()
+    files[1].write_bytes(data[:start] + short)
+    with pytest.raises(DicomError) as info:
+        load_volume(tmp_path / "s")
+    assert info.value.code == "truncated"
+
+
+def test_rescale_rounding_to_32768_is_refused():
+    stored = np.array([[65535, 2048]], dtype=np.uint16)  # 32767.5 HU rounds to 32768
+    for bits in (None, 16):
+        with pytest.raises(DicomDecodeError) as info:
+            to_hu(stored, 0.5, 0.0, None, bits_stored=bits)
+        assert info.value.code == "hu_out_of_range"
+    hu, _, rounded = to_hu(np.array([[65534]], dtype=np.uint16), 0.5, 0.4, None)
+    assert hu.tolist() == [[32767]] and rounded
+    low = np.array([[-32768, 0]], dtype=np.int16)
+    assert to_hu(low, 1.0, -0.5, None)[0].tolist() == [[-32768, 0]]  # -32768.5 rounds to even
+    with pytest.raises(DicomDecodeError):
+        to_hu(low, 1.0, -1.5, None)
+
+
+def test_duplicate_position_names_only_the_duplicate(make_series):
+    folder, _, files = make_series()
+    ds = pydicom.dcmread(files[2])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.999"
+    ds.PixelData = (ds.pixel_array ^ 1).astype(np.uint16).tobytes()  # other content
+    ds.save_as(folder / "other_slice_at_2.dcm")
+    with pytest.raises(DicomGeometryError) as info:
+        load_volume(folder)
+    assert info.value.codes == ("duplicate_position",)
+
+
+def test_sagittal_stack_with_cosine_noise_ascends_along_the_normal(make_series):
+    # normal (-1, 0, -1e-6): patient x descends from slice to slice, still ascending keys
+    iop = (0.0, 1.0, 0.0, 1e-6, 0.0, -1.0)
+    folder, hu, _ = make_series(orientation=iop)
+    volume = load_volume(folder)
+    np.testing.assert_array_equal(volume.hu, hu)
+    normal = np.cross(iop[:3], iop[3:])
+    assert volume.affine[:3, 0] @ normal == pytest.approx(3.0)
+
+
+def test_a_series_without_a_positive_kvp_is_flagged(make_series):
+    folder, _, files = make_series()
+    assert not load_volume(folder).has_flag("kvp_missing")
+    for value in (None, "0"):
+        for path in files:
+            ds = pydicom.dcmread(path)
+            if value is None:
+                del ds.KVP
+            else:
+                ds.KVP = value
+            ds.save_as(path)
+        assert load_volume(folder).has_flag("kvp_missing"), value

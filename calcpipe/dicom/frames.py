@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -117,15 +118,27 @@ def _parse(name: str, *, header_only: bool) -> Dataset:
             f"the file ends or breaks inside the DICOM header ({type(e).__name__}: {e})",
             code="truncated", path=name, fix="re-copy the file; it is probably truncated",
         ) from e
+    except zlib.error as e:
+        raise _not_inflated(e, name) from e
     except OSError as e:
         raise DicomInputError(f"cannot read the file: {e.strerror or e}", code="unreadable",
                               path=name, fix=unreadable) from e
-    _check_complete(ds, size, name)
+    _check_complete(ds, name)
     return ds
 
 
-def _check_complete(ds: Dataset, size: int, name: str) -> None:
-    """pydicom reads a file cut short without complaint; the last element tells."""
+def _not_inflated(e: zlib.error, name: str) -> DicomInputError:
+    # pydicom inflates a deflated data set whole; a stream cut short fails there.
+    return DicomInputError(
+        f"the deflated data set cannot be inflated ({e})", code="truncated", path=name,
+        fix="re-copy the file; it is probably truncated",
+    )
+
+
+def _check_complete(ds: Dataset, name: str) -> None:
+    """pydicom reads a file cut short without complaint; the last element's value comes
+    back short. (Its position is no test: in a deflated file it is one in the inflated
+    data set, not in the file.)"""
     truncated = DicomInputError(
         "the file ends before its last element does (truncated copy)", code="truncated",
         path=name, fix="re-copy the file from the source archive",
@@ -133,9 +146,21 @@ def _check_complete(ds: Dataset, size: int, name: str) -> None:
     if not len(ds):
         raise truncated
     last = ds.get_item(max(ds.keys()))
-    if isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF:
-        if last.value_tell + last.length > size:
-            raise truncated
+    if (isinstance(last, RawDataElement) and last.length != 0xFFFFFFFF
+            and last.value is not None and len(last.value) < last.length):
+        raise truncated
+
+
+def _is_deflated(ds: Dataset) -> bool:
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    return bool(syntax == pydicom.uid.DeflatedExplicitVRLittleEndian)
+
+
+def _deflated_start(ds: Dataset) -> int:
+    """Where a deflated file's compressed data set starts: after the preamble and 'DICM'
+    (when present) and the file meta (whose group length is Type 1)."""
+    start = 0 if getattr(ds, "preamble", None) is None else 132
+    return start + 12 + int(ds.file_meta.get("FileMetaInformationGroupLength", 0))
 
 
 def _forced_parse(
@@ -165,7 +190,9 @@ class HeaderParse:
     """A header parsed from the first bytes of a file (see :func:`parse_header_bytes`).
 
     ``pixel_offset`` is the byte offset of the pixel data element's tag (the file size when
-    there is none): the bytes before it are the header that derived instance keys hash.
+    there is none): the bytes before it are the header that derived instance keys hash. A
+    deflated file cannot be cut at its pixel data: there it is where the compressed data
+    set starts, and the preamble and file meta stand for the header.
     """
 
     dataset: Dataset
@@ -212,12 +239,24 @@ def parse_header_bytes(data: bytes, name: str, *, size: int) -> HeaderParse | No
             f"the file ends or breaks inside the DICOM header ({type(e).__name__}: {e})",
             code="truncated", path=name, fix="re-copy the file; it is probably truncated",
         ) from e
+    except zlib.error as e:
+        if not complete:
+            return None  # a deflated data set inflates only whole
+        raise _not_inflated(e, name) from e
+    if _is_deflated(ds):
+        # pydicom read past the pixel data (it inflated all of it): parse the whole file
+        # to learn whether there are pixels and whether they are complete.
+        whole = pydicom.dcmread(io.BytesIO(data), force=True)
+        _check_complete(whole, name)
+        has_pixels = _has_pixels(whole)
+        return HeaderParse(dataset=ds,
+                           pixel_offset=_deflated_start(ds) if has_pixels else len(data))
     offset = buffer.tell()
     at_pixels = _is_pixel_tag(data[offset:offset + 4], ds)
     if not complete and not at_pixels:
         return None  # the prefix ended inside the header (or the file has no pixels)
     if complete:
-        _check_complete(ds, len(data), name)
+        _check_complete(ds, name)
     return HeaderParse(dataset=ds, pixel_offset=offset if at_pixels else len(data))
 
 
@@ -426,12 +465,13 @@ def to_hu(
     else:
         values = stored if pad_mask is None else stored[~pad_mask]
         lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    hu_lo, hu_hi = sorted((lo * slope + intercept, hi * slope + intercept))
+    # The extremes as np.rint rounds them below (32767.5 becomes 32768, past int16).
+    hu_lo, hu_hi = sorted(float(np.rint(v)) for v in (lo * slope + intercept,
+                                                      hi * slope + intercept))
     if (hu_lo < _INT16.min or hu_hi > _INT16.max) and bits_stored is not None:
         # The bound was loose (e.g. 16 unsigned bits): check the actual values.
         return to_hu(stored, slope, intercept, padding, name, out=out)
-    hu_lo, hu_hi = sorted((lo * slope + intercept, hi * slope + intercept))
-    if hu_lo < _INT16.min - 0.5 or hu_hi > _INT16.max + 0.5:
+    if hu_lo < _INT16.min or hu_hi > _INT16.max:
         raise DicomDecodeError(
             f"rescaled values span {hu_lo:g}..{hu_hi:g} HU, outside int16; the rescale or "
             "the padding value is probably wrong", code="hu_out_of_range", path=name,
@@ -586,16 +626,22 @@ def _instance_uid(ds: Dataset, name: str) -> tuple[str, bool]:
 
 
 def _header_bytes(ds: Dataset, name: str) -> bytes:
-    """The file's bytes before the pixel data element's tag (the whole file if none)."""
+    """The file's bytes before the pixel data element's tag (the whole file if none; in a
+    deflated file, the bytes before the compressed data set, as :class:`HeaderParse`)."""
     length = -1
-    for tag in _PIXEL_DATA_TAGS:
-        if tag in ds:
-            offset = getattr(ds.get_item(tag), "value_tell", None)
-            if offset:
-                # The value starts after the tag and length (8 bytes in implicit VR; 12 in
-                # explicit VR, where pixel data is always OB/OW with a 4-byte length).
-                implicit = ds.original_encoding[0] is True
-                length = max(0, int(offset) - (8 if implicit else 12))
-                break
+    if _is_deflated(ds):
+        # Compressed bytes cannot be cut at the pixel data.
+        length = _deflated_start(ds) if _has_pixels(ds) else -1
+    else:
+        for tag in _PIXEL_DATA_TAGS:
+            if tag in ds:
+                offset = getattr(ds.get_item(tag), "value_tell", None)
+                if offset:
+                    # The value starts after the tag and length (8 bytes in implicit VR;
+                    # 12 in explicit VR, where pixel data is always OB/OW with a 4-byte
+                    # length).
+                    implicit = ds.original_encoding[0] is True
+                    length = max(0, int(offset) - (8 if implicit else 12))
+                    break
     with open(name, "rb") as fh:
         return fh.read(length)

@@ -70,12 +70,16 @@ def consistency_problems(
 def sort_key(positions: npt.NDArray[np.float64], normal: npt.NDArray[np.float64]) -> npt.NDArray[
     np.float64
 ]:
-    """Signed distance of each slice along the direction of ascending patient z.
+    """Signed distance of each slice along the direction the stack ascends.
 
-    The projection of ImagePositionPatient on the slice normal, negated when the normal
-    points towards -z, so that ascending keys mean ascending patient z.
+    The projection of ImagePositionPatient on the slice normal. For an axial stack (z the
+    largest component of the normal) it is negated when the normal points towards -z, so
+    that ascending keys mean ascending patient z; any other stack ascends along its normal.
     """
-    sign = -1.0 if normal[2] < 0 else 1.0
+    # Only for axial stacks: the sign of a near-zero z (cosine noise in a sagittal or
+    # coronal stack) must not reverse the order.
+    axial = int(np.argmax(np.abs(normal))) == 2
+    sign = -1.0 if axial and normal[2] < 0 else 1.0
     return np.asarray(positions @ normal * sign, dtype=np.float64)
 
 

@@ -284,6 +284,8 @@ def _assemble(reads: list[_Keyed], flags: list[QCFlag]) -> CTVolume:
         flags.append(QCFlag("rescale_rounded", "a non-integer rescale was rounded to whole HU"))
     metadata = scan_metadata(ds, slice_thickness_mm=thickness, slice_increment_mm=spacing_z,
                              pixel_spacing_mm=pixel_spacing)
+    if not (metadata.kvp and metadata.kvp > 0):  # scoring then takes 120 kVp's threshold
+        flags.append(QCFlag("kvp_missing", f"KVP is {metadata.kvp!r}: scored at 120 kVp"))
     if metadata.contrast_agent:
         flags.append(QCFlag("contrast_agent",
                             f"ContrastBolusAgent is {metadata.contrast_agent!r}"))
@@ -305,7 +307,7 @@ def _drop_identical_duplicates(
     frames: list[Frame], keys: np.ndarray
 ) -> tuple[list[Frame], np.ndarray, int, list[GeometryProblem]]:
     """Drop repeated copies of the same instance; slices of different content at one
-    position are a hard problem."""
+    position are a hard problem (the first of them is kept)."""
     kept: list[int] = []
     dropped = 0
     conflicts = []
@@ -319,6 +321,9 @@ def _drop_identical_duplicates(
                 continue
             conflicts.append(f"{os.path.basename(previous.path)} and "
                              f"{os.path.basename(frame.path)} at {keys[i]:.3f} mm")
+            # The conflict refuses the stack; one slice per position stays so that the
+            # stack checks name only real problems (no zero step, no 90-degree "tilt").
+            continue
         kept.append(i)
     problems = []
     if conflicts:
