@@ -188,7 +188,8 @@ def score_cohort(params: ScoreParams, secret_block: str | None = None,
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    run = Run(params, load_secret(secret_block), run_id=str(flow_run.get_id() or "") or None)
+    run = Run(params, load_secret(secret_block), run_id=str(flow_run.get_id() or "") or None,
+              resumed=flow_run.get_run_count() > 1)  # a retry keeps the flow run's id
     get_run_logger().info("run %s: %s -> %s (model %s, profile %s)", run.run_id,
                           params.source, params.out, run.provenance.model_id, params.profile)
     try:

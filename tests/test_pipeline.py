@@ -199,11 +199,52 @@ def test_rescore_from_masks_reproduces_a_full_run_under_that_profile(
 
 
 def test_rescore_without_masks_fails_each_study_clearly(pool, tmp_path):
-    src = cohort(pool, tmp_path / "src", [0])
-    row = run_single_process(ScoreParams(source=str(src), out=str(tmp_path / "out"),
-                                         rescore=True, profile="deepcac"))
+    src, out = cohort(pool, tmp_path / "src", [0]), str(tmp_path / "out")
+    row = run_single_process(ScoreParams(source=str(src), out=out, rescore=True,
+                                         profile="deepcac"))
     assert row["studies_failed"] == 1
-    assert rows(tmp_path / "out", "failures")[0]["code"] == "no_stored_mask"
+    assert rows(out, "failures")[0]["code"] == "no_stored_mask"
+    # its fix: a full run first; the failure then does not block the re-score
+    assert run_single_process(ScoreParams(source=str(src), out=out))["studies_scored"] == 1
+    again = run_single_process(ScoreParams(source=str(src), out=out, rescore=True,
+                                           profile="deepcac"))
+    assert (again["studies_scored"], again["studies_skipped"]) == (1, 0)
+
+
+def _checkpoints(folder: Path) -> tuple[str, str]:
+    """The shipped weights and the same network with other weights, both saved as
+    ``model.pt`` (as ``calcpipe train`` names them) in two folders."""
+    import torch
+
+    from calcpipe.models.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = dict(load_checkpoint("default").payload)
+    key = next(k for k, v in payload.items() if isinstance(v, dict)
+               and any(torch.is_tensor(t) for t in v.values()))
+    other = {k: t * 1.3 if torch.is_tensor(t) and t.is_floating_point() and "weight" in k
+             else t for k, t in payload[key].items()}
+    paths = str(folder / "first" / "model.pt"), str(folder / "second" / "model.pt")
+    save_checkpoint(paths[0], payload)
+    save_checkpoint(paths[1], {**payload, key: other})
+    return paths
+
+
+def test_a_model_is_known_by_its_weights_and_rescore_uses_only_its_own_masks(pool, tmp_path):
+    first, second = _checkpoints(tmp_path)
+    src, out = cohort(pool, tmp_path / "src", [0, 1]), str(tmp_path / "out")
+
+    def run(model: str, **more: Any) -> dict[str, Any]:
+        return run_single_process(ScoreParams(source=str(src), out=out, model=model, **more))
+
+    assert run(first)["studies_scored"] == 2
+    assert run(second)["studies_scored"] == 2  # the same file name, other weights
+    assert len({r["model_checksum"] for r in rows(out, "study_scores")}) == 2
+    # each study's mask is now the second model's: re-scoring the first's is refused
+    refused = run(first, rescore=True, profile="deepcac")
+    assert (refused["studies_scored"], refused["studies_failed"]) == (0, 2)
+    assert {(r["stage"], r["code"]) for r in rows(out, "failures")} == {
+        ("score", "no_stored_mask")}
+    assert run(second, rescore=True, profile="deepcac")["studies_scored"] == 2
 
 
 def test_many_plan_partitions_and_read_tasks_give_the_rows_of_one(pool, tmp_path,
@@ -345,6 +386,34 @@ def test_two_runs_on_one_cohort_at_once_commit_each_result_once(pool, tmp_path):
     assert lesion_runs <= set(store.read("study_scores").column("run_id").to_pylist())
 
 
+def test_two_runs_planning_at_once_write_series_and_failures_rows_once(pool, tmp_path):
+    """Both runs decide what to write before either writes (a race the barrier test above
+    leaves to chance): series, plan failures and score failures are each written once."""
+    from calcpipe.pipeline import Run
+    from calcpipe.pipeline.run import in_process
+    from calcpipe.pipeline.work import score_study
+
+    src, out = cohort(pool, tmp_path / "src", [0]), str(tmp_path / "out")
+    problem_studies(src)
+    runs = [Run(ScoreParams(source=str(src), out=out), None) for _ in range(2)]
+    for run in runs:
+        run.index(in_process)
+    decided = runs[1]._decided(0, 1)  # before the first run writes anything
+    runs[1]._decided = lambda part, parts: decided  # type: ignore[method-assign]
+    for run in runs:
+        items = [i for shard in run.plan(in_process) for i in run.shard_items(shard)]
+        bad = [i for i in items if i.study_key == "1.2.826.0.1.9.300"]  # truncated
+        run.commit([score_study(item, None, run.provenance, out_root=out,
+                                storage_options=None, secret=None) for item in bad])
+    series = [(r["study_key"], r["series_id"]) for r in rows(out, "series")]
+    failures = [(r["study_key"], r["code"], r["attempt"])
+                for r in TableStore(out).read("failures").to_pylist()]
+    assert len(series) == len(set(series)) == 4
+    assert sorted(failures) == [("1.2.826.0.1.9.100", "not_ct", 1),
+                                ("1.2.826.0.1.9.200", "no_eligible_series", 1),
+                                ("1.2.826.0.1.9.300", "truncated", 1)]
+
+
 class _PoisonPlugin:
     """Makes one study kill its worker process when it is scored: every time, or only the
     first time when ``once`` names a marker file (shared by the worker processes)."""
@@ -436,11 +505,12 @@ def test_a_flow_killed_between_commits_resumes_with_one_result_per_study(
     src, out = cohort(pool, tmp_path / "src", [0, 1, 2, 5]), tmp_path / "out"
     original, calls = Store.insert_absent, []
 
-    def dies_on_second_marker(self: Any, *args: Any, **kwargs: Any) -> None:
-        calls.append(1)
-        if len(calls) == 2:  # shard 2's rows are appended, its marker never is
-            raise _Killed("the flow process is killed")
-        original(self, *args, **kwargs)
+    def dies_on_second_marker(self: Any, name: str, *args: Any, **kwargs: Any) -> None:
+        if name == "study_scores":
+            calls.append(1)
+            if len(calls) == 2:  # shard 2's rows are appended, its marker never is
+                raise _Killed("the flow process is killed")
+        original(self, name, *args, **kwargs)
 
     monkeypatch.setattr(Store, "insert_absent", dies_on_second_marker)
     with pytest.raises(_Killed, match="killed"):
@@ -455,6 +525,38 @@ def test_a_flow_killed_between_commits_resumes_with_one_result_per_study(
     results = store.read("study_scores").column("result_id").to_pylist()
     assert len(results) == len(set(results)) == 4
     assert store.read("vessel_scores").num_rows == 40
+
+
+def test_a_retried_flow_run_counts_each_result_once(
+        prefect_api, dask_address, pool, tmp_path, monkeypatch):
+    """A flow retry keeps the flow run's id: the rows its first attempt appended before
+    dying, under that id, must not count a second time beside the retry's."""
+    from calcpipe.flows.score_cohort import score_cohort
+
+    from calcpipe.tables.store import TableStore as Store
+
+    src, out = cohort(pool, tmp_path / "src", [0, 1]), tmp_path / "out"
+    original, calls = Store.insert_absent, []
+
+    def dies_at_first_marker(self: Any, name: str, *args: Any, **kwargs: Any) -> None:
+        if name == "study_scores":
+            calls.append(1)
+            if len(calls) == 1:
+                raise _Killed("the first attempt dies before its marker")
+        original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "insert_absent", dies_at_first_marker)
+    params = ScoreParams(source=str(src), out=str(out), cluster=dask_address, shard_size=2,
+                         in_flight=2)
+    retried = score_cohort.with_options(retries=1, retry_delay_seconds=0)
+    row = retried(params, show_progress=False)
+    assert len(calls) == 2 and row["studies_scored"] == 2
+    from calcpipe.catalog import open_catalog
+
+    names = open_catalog(out).query(
+        "SELECT study_key, name, count(*) FROM latest_vessel_scores GROUP BY 1, 2").fetchall()
+    assert len(names) == 2 * 10 and {n for _, _, n in names} == {1}
+    assert TableStore(str(out)).read("vessel_scores").num_rows == 2 * 10
 
 
 def test_transient_s3_faults_are_retried_and_lose_nothing(pool, tmp_path, local_s3):

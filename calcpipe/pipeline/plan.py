@@ -1,9 +1,10 @@
 """Plan stage: group headers into studies, choose a series, decide what to score.
 
-A result is identified by (study_key, input fingerprint, pipeline version, model id,
+A result is identified by (study_key, input fingerprint, pipeline version, model checksum,
 profile) -> :func:`result_id`. A study is skipped when its result is already committed, or
-when it failed before with the same inputs (unless failures are to be retried). A study
-with no scorable series fails here, without reading pixels.
+when it failed before with the same inputs (unless failures are to be retried; a
+:data:`NOT_BLOCKING` failure says nothing about the inputs and never blocks). A study with
+no scorable series fails here, without reading pixels.
 """
 
 from __future__ import annotations
@@ -137,9 +138,16 @@ def input_fingerprint(study: StudyGroup) -> str:
     return hashlib.sha256("\n".join(entries).encode("utf-8")).hexdigest()
 
 
-def result_id(study_key: str, fingerprint: str, pipeline_version: str, model_id: str,
+#: Failure codes that do not stop a later run from trying the result again: a re-score
+#: before the study's mask exists fails for want of a full run, not for its inputs.
+NOT_BLOCKING = frozenset({"no_stored_mask"})
+
+
+def result_id(study_key: str, fingerprint: str, pipeline_version: str, model_checksum: str,
               profile: str) -> str:
-    text = "\x1f".join((study_key, fingerprint, pipeline_version, model_id, profile))
+    """The result's key. The model is known by its weights' checksum, not by its name:
+    retrained weights saved under the same file name are another model."""
+    text = "\x1f".join((study_key, fingerprint, pipeline_version, model_checksum, profile))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
@@ -147,6 +155,7 @@ def plan(
     headers: tuple[InstanceHeader, ...], provenance: Provenance, *,
     committed: set[str], failed_attempts: Mapping[str, int],
     seen_fingerprints: set[tuple[str, str]], retry_failed: bool,
+    blocked: set[str] | None = None,
 ) -> Plan:
     """Decide what this run scores.
 
@@ -155,7 +164,10 @@ def plan(
     committed : set of str
         ``result_id`` values present in ``study_scores``.
     failed_attempts : mapping
-        ``result_id`` -> failures rows already written for it.
+        ``result_id`` -> failures rows already written for it (numbers the next attempt).
+    blocked : set of str, optional
+        ``result_id`` values whose failures stop a retry (default: every one in
+        ``failed_attempts``); see :data:`NOT_BLOCKING`.
     seen_fingerprints : set of (study_key, input_fingerprint)
         Already in the ``series`` table (their series rows are not written again).
     retry_failed : bool
@@ -163,15 +175,16 @@ def plan(
     """
     out = Plan()
     now = dt.datetime.now(dt.UTC)
+    blocking = set(failed_attempts) if blocked is None else blocked
     for study in group_studies(headers):
         out.studies_found += 1
         fp = input_fingerprint(study)
         rid = result_id(study.study_key, fp, provenance.pipeline_version,
-                        provenance.model_id, provenance.profile)
+                        provenance.model_checksum, provenance.profile)
         decision = select_series(study)
         if (study.study_key, fp) not in seen_fingerprints:
             out.series_rows.extend(series_rows(study, decision, fp, provenance.run_id))
-        if rid in committed or (rid in failed_attempts and not retry_failed):
+        if rid in committed or (rid in blocking and not retry_failed):
             out.skipped += 1
             continue
         attempt = failed_attempts.get(rid, 0) + 1

@@ -38,6 +38,7 @@ from calcpipe.pipeline.index import (
 )
 from calcpipe.pipeline.params import ScoreParams
 from calcpipe.pipeline.plan import (
+    NOT_BLOCKING,
     PartitionPlan,
     Plan,
     Provenance,
@@ -52,6 +53,10 @@ from calcpipe.pipeline.scratch import remove, scratch_root
 from calcpipe.pipeline.work import StudyOutcome
 from calcpipe.tables.schemas import RESULT_TABLES, SCHEMA_VERSION, to_table
 from calcpipe.tables.store import TableStore, join
+
+#: The keys of the tables a concurrent run may write the same rows of (docs/tables.md).
+SERIES_KEY = ("study_key", "input_fingerprint", "series_id")
+FAILURE_KEY = ("result_id", "attempt")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -119,10 +124,14 @@ class Run:
     """The state of one run and its stages (no Prefect, no cluster in here)."""
 
     def __init__(self, params: ScoreParams, secret: bytes | None,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, *, resumed: bool = False) -> None:
         self.params = params
         self.secret = secret
         self.run_id = run_id or uuid.uuid4().hex
+        # An earlier attempt under this run id (a retried flow run) may have died between
+        # appending a shard's rows and its marker: those rows carry this run's id too.
+        self.resumed = resumed
+        self._commits_begun: set[str] = set()  # result ids whose commit began here
         self.started_at = dt.datetime.now(dt.UTC)
         self.store = TableStore(params.out, params.storage_options or None)
         self.counts = RunCounts()
@@ -185,15 +194,18 @@ class Run:
         and ``failures`` rows, write their items to the scratch folder in files of
         ``shard_size``; counts come back."""
         headers = current_headers(self.store, self.scratch, part, parts)
-        committed, failed, seen = self._decided(part, parts)
+        committed, failed, blocked, seen = self._decided(part, parts)
         result = plan(tuple(headers), self.provenance,
                       committed={r["result_id"] for r in committed},
-                      failed_attempts=failed, seen_fingerprints=seen,
+                      failed_attempts=failed, blocked=blocked, seen_fingerprints=seen,
                       retry_failed=self.params.retry_failed)
         if self.params.rescore:
             self._masks_for_rescore(result, committed)
-        self.store.append("series", to_table("series", result.series_rows))
-        self.store.append("failures", to_table("failures", result.failures))
+        # insert-if-absent: a concurrent run plans the same studies and writes these too
+        self.store.insert_absent("series", to_table("series", result.series_rows),
+                                 key=SERIES_KEY)
+        self.store.insert_absent("failures", to_table("failures", result.failures),
+                                 key=FAILURE_KEY)
         sizes = write_items(self._items_path(part), result.items, self.params.shard_size,
                             self.store.storage_options) if result.items else []
         return PartitionPlan(part, result.studies_found, len(result.items), result.skipped,
@@ -207,9 +219,11 @@ class Run:
         return join(self.scratch, "plan", f"part-{part:05d}")
 
     def _decided(self, part: int, parts: int,
-                 ) -> tuple[list[dict[str, Any]], Counter[str], set[tuple[str, str]]]:
-        """This partition's committed results (rows), failures per result and
-        (study_key, input_fingerprint) pairs already in ``series``."""
+                 ) -> tuple[list[dict[str, Any]], Counter[str], set[str],
+                            set[tuple[str, str]]]:
+        """This partition's committed results (rows), failures per result, the results
+        whose failures block a retry (:data:`NOT_BLOCKING`) and (study_key,
+        input_fingerprint) pairs already in ``series``."""
         import duckdb
 
         with duckdb.connect() as con:
@@ -220,13 +234,16 @@ class Run:
                 con, "SELECT result_id, study_key, input_fingerprint, model_checksum, device, "
                 f"precision, scored_at, segmentation_confidence FROM study_scores {where}",
                 [part]).to_pylist()
-            failed = Counter[str](dict(con.execute(
-                f"SELECT result_id, count(*) FROM failures {where} GROUP BY result_id",
-                [part]).fetchall()))
+            # codes compared here, not in SQL: a filter on a string column pushed down to
+            # a table that merges wrote to (string_view files) fails in pyarrow
+            failures = con.execute(f"SELECT result_id, code FROM failures {where}",
+                                   [part]).fetchall()
+            failed = Counter[str](r for r, _ in failures)
+            blocked = {r for r, code in failures if code not in NOT_BLOCKING}
             seen = {(k, f) for k, f in con.execute(
                 f"SELECT DISTINCT study_key, input_fingerprint FROM series {where}",
                 [part]).fetchall()}
-        return committed, failed, seen
+        return committed, failed, blocked, seen
 
     def _masks_for_rescore(self, result: Plan, committed: list[dict[str, Any]]) -> None:
         """Keep the studies whose stored mask came from this model on these inputs (the
@@ -258,10 +275,13 @@ class Run:
         self.counts.timings["study_s"] += sum(o.seconds for o in outcomes)
         failures = [o.failure for o in outcomes if o.failure is not None]
         scored = [o for o in outcomes if o.study_row is not None]
-        self.store.append("failures", to_table("failures", failures))
+        self.store.insert_absent("failures", to_table("failures", failures), key=FAILURE_KEY)
         self._count_failures(Counter(f["code"] for f in failures))
         if scored:
             ids = [o.result_id for o in scored]
+            if self.resumed or not self._commits_begun.isdisjoint(ids):
+                self._drop_own_rows(ids)  # an earlier attempt's, which would count twice
+            self._commits_begun.update(ids)
             self.store.append("lesions", to_table(
                 "lesions", [r for o in scored for r in o.lesion_rows]))
             self.store.append("vessel_scores", to_table(
@@ -300,6 +320,16 @@ class Run:
             predicate += f" AND concat(result_id, ':', run_id) NOT IN ({quoted(keep)})"
         for name in RESULT_TABLES:
             self.store.delete(name, predicate)
+
+    def _drop_own_rows(self, ids: list[str]) -> None:
+        """Delete this run's result rows of these results that have no marker: an earlier
+        attempt of this run wrote them and died before its marker (a result with a marker
+        is not planned again)."""
+        from calcpipe.tables.store import quoted
+
+        for name in RESULT_TABLES:
+            self.store.delete(name, f"result_id IN ({quoted(ids)}) "
+                                    f"AND run_id = {quoted([self.run_id])}")
 
     def _count_failures(self, codes: Counter[str]) -> None:
         self.counts.studies_failed += codes.total()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -57,13 +58,23 @@ def load_series(item: StudyItem, storage_options: Mapping[str, Any] | None,
         return load_volume(paths), patient_id(paths[0])
 
 
+def mask_origin(item: StudyItem, provenance: Provenance) -> dict[str, str]:
+    """What a mask records of how it was made (its file's note): a study has one mask, the
+    latest segmentation's, and a re-score may use it only for the same model and inputs."""
+    return {"model_id": provenance.model_id, "model_checksum": provenance.model_checksum,
+            "input_fingerprint": item.input_fingerprint, "series_key": item.series_key}
+
+
 def write_mask(out_root: str, storage_options: Mapping[str, Any] | None, study_key: str,
-               labels: np.ndarray, affine: np.ndarray) -> None:
-    """Write the label map as NIfTI; atomically (temporary name, then rename) on disk."""
+               labels: np.ndarray, affine: np.ndarray,
+               origin: Mapping[str, str] | None = None) -> None:
+    """Write the label map as NIfTI, with ``origin`` (:func:`mask_origin`) as its note;
+    atomically (temporary name, then rename) on disk."""
     from calcpipe.ingest.discover import open_filesystem
     from calcpipe.synthetic.truth import nifti_bytes
 
-    data = nifti_bytes(labels.astype(np.uint8, copy=False), affine)  # no copy of uint8
+    note = None if origin is None else json.dumps(dict(origin), sort_keys=True).encode()
+    data = nifti_bytes(labels.astype(np.uint8, copy=False), affine, note)  # no uint8 copy
     target = mask_path(out_root, study_key)
     if "://" not in target:
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -78,11 +89,43 @@ def write_mask(out_root: str, storage_options: Mapping[str, Any] | None, study_k
 
 def read_mask(out_root: str, storage_options: Mapping[str, Any] | None,
               study_key: str) -> np.ndarray:
+    return read_mask_and_origin(out_root, storage_options, study_key)[0]
+
+
+def read_mask_and_origin(out_root: str, storage_options: Mapping[str, Any] | None,
+                         study_key: str) -> tuple[np.ndarray, dict[str, str] | None]:
+    """A study's stored mask and what it records of its making (None: a mask written
+    before masks recorded it)."""
     from calcpipe.ingest.discover import open_filesystem
-    from calcpipe.synthetic.truth import labels_from_bytes
+    from calcpipe.synthetic.truth import labels_and_note_from_bytes
 
     fs, path = open_filesystem(mask_path(out_root, study_key), storage_options)
-    return labels_from_bytes(fs.cat_file(path))[0]
+    labels, _, note = labels_and_note_from_bytes(fs.cat_file(path))
+    return labels, None if note is None else json.loads(note)
+
+
+def stored_mask_for(item: StudyItem, provenance: Provenance, out_root: str,
+                    storage_options: Mapping[str, Any] | None) -> np.ndarray:
+    """The stored mask of ``item``, refused (``no_stored_mask``) unless this model made it
+    from these inputs: another model's or an older input's mask would give its scores
+    under this model's name."""
+    from calcpipe.errors import CalcpipeError
+
+    labels, origin = read_mask_and_origin(out_root, storage_options, item.study_key)
+    wanted = mask_origin(item, provenance)
+    if origin is None or any(origin.get(k) != wanted[k]
+                             for k in ("model_checksum", "input_fingerprint")):
+        made = "records no model" if origin is None else (
+            f"was made by model {origin.get('model_id')!r} (checksum "
+            f"{str(origin.get('model_checksum'))[:12]}) from "
+            + ("these" if origin.get("input_fingerprint") == item.input_fingerprint
+               else "other") + " inputs")
+        raise CalcpipeError(
+            f"the study's stored mask {made}, not by model {provenance.model_id!r} "
+            f"(checksum {provenance.model_checksum[:12]}) from these inputs",
+            code="no_stored_mask", attribute="mask",
+            fix="run calcpipe score with this model without --rescore first")
+    return labels
 
 
 def failed_outcome(item: StudyItem, provenance: Provenance, stage: str, code: str,
@@ -112,9 +155,10 @@ def score_study(
     stage = "score"
     try:
         volume, patient_id = load_series(item, storage_options)
-        kvp = float(volume.metadata.kvp or 120.0)
+        tag = volume.metadata.kvp
+        kvp = float(tag) if tag is not None and tag > 0 else 120.0  # else flagged kvp_missing
         if segmenter is None:
-            labels = read_mask(out_root, storage_options, item.study_key)
+            labels = stored_mask_for(item, provenance, out_root, storage_options)
             if labels.shape != volume.hu.shape:
                 raise ValueError(f"stored mask shape {labels.shape} differs from the "
                                  f"series {volume.hu.shape}: score the study again")
@@ -125,7 +169,8 @@ def score_study(
             seg = segmenter.segment(volume.hu, volume.spacing_mm, kvp=kvp)
             labels, confidence = seg.labels, seg.confidence
             provenance = replace(provenance, device=seg.device, precision=seg.precision)
-            write_mask(out_root, storage_options, item.study_key, labels, volume.affine)
+            write_mask(out_root, storage_options, item.study_key, labels, volume.affine,
+                       mask_origin(item, provenance))
         meta = volume.metadata
         calibration = lookup_c_ha(load_registry(), manufacturer=meta.manufacturer,
                                   model=meta.manufacturer_model, kvp=kvp, kernel=meta.kernel)

@@ -68,7 +68,7 @@ _PROVENANCE = (
 )
 _RESULT = (
     _c("result_id", "string", None,
-       "hash of (study_key, input_fingerprint, pipeline_version, model_id, profile)"),
+       "hash of (study_key, input_fingerprint, pipeline_version, model_checksum, profile)"),
     _c("study_key", "string", None,
        "StudyInstanceUID, derived 2.25. key, or its HMAC-SHA256 when a key is set"),
 )

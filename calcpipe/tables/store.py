@@ -107,9 +107,10 @@ class TableStore:
         _retrying(lambda: write_deltalake(self.uri(name), table, mode="append",
                                           storage_options=self._delta_options))
 
-    def insert_absent(self, name: str, table: pa.Table, key: str) -> None:
-        """Insert the rows whose ``key`` is not in the table yet (one atomic merge; safe
-        against concurrent writers: a conflicting commit is retried on the new snapshot)."""
+    def insert_absent(self, name: str, table: pa.Table, key: str | tuple[str, ...]) -> None:
+        """Insert the rows whose ``key`` (a column, or columns) is not in the table yet (one
+        atomic merge; safe against concurrent writers: a conflicting commit is retried on
+        the new snapshot)."""
         from deltalake import write_deltalake
         from deltalake.exceptions import DeltaError
 
@@ -126,7 +127,9 @@ class TableStore:
                     return
                 except DeltaError:  # created meanwhile by another writer: merge into it
                     current = self._delta(name)
-            current.merge(table, predicate=f"t.{key} = s.{key}", source_alias="s",
+            columns = (key,) if isinstance(key, str) else key
+            predicate = " AND ".join(f"t.{c} = s.{c}" for c in columns)
+            current.merge(table, predicate=predicate, source_alias="s",
                           target_alias="t").when_not_matched_insert_all().execute()
 
         _retrying(once)
