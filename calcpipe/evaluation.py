@@ -9,13 +9,20 @@ score statistics are computed.
 
 * Dice per patient and class (vessel-aware, :func:`calcpipe.metrics.dice_per_class`); the
   Table 2 layout: median (Q1, Q3) per structure overall, by sex and by age < 65 / >= 65,
-  with Wilcoxon rank-sum p-values (``scipy.stats.ranksums``).
+  with Wilcoxon rank-sum (Mann-Whitney U) p-values, two-sided: exact for small groups
+  without ties, otherwise the normal approximation with its tie correction (Dice values
+  tie often, at 0 and 1; ``scipy.stats.ranksums`` has no tie correction and overstates p).
 * Agatston agreement per vessel and for CAC, AC and TOTAL: Spearman rho, Bland-Altman mean
   difference (prediction - truth) and 95 % limits of agreement (mean +/- 1.96 SD, SD with
   n - 1), the same in percent of the pair's mean over pairs whose mean is above 0, and
   ICC(2,1).
 * CAC risk categories (0 / 1-99 / 100-399 / >=400): confusion matrix (rows truth, columns
-  prediction) and linearly weighted kappa.
+  prediction) and linearly weighted kappa (undefined, NaN, when both sides put every study
+  in one category).
+
+Studies found on one side only are listed, never dropped silently: scores of truth without
+a prediction and of predictions without truth, and label maps likewise. Truth scores that
+are missing (empty or NaN) are left out of the statistics and counted.
 """
 
 from __future__ import annotations
@@ -45,6 +52,11 @@ class Evaluation:
     confusion: list[list[int]] = field(default_factory=list)
     kappa: float | None = None
     n_studies: int = 0
+    truth_only: list[str] = field(default_factory=list)  # scores without a prediction
+    prediction_only: list[str] = field(default_factory=list)  # scores without truth
+    labels_without_prediction: list[str] = field(default_factory=list)
+    predictions_without_labels: list[str] = field(default_factory=list)
+    truth_scores_missing: int = 0  # truth rows without a number
 
 
 def bland_altman(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -69,13 +81,17 @@ def _cell(values: list[float | None]) -> dict[str, Any]:
 
 
 def _ranksums(a: list[float | None], b: list[float | None]) -> float | None:
-    from scipy.stats import ranksums
+    """Two-sided Wilcoxon rank-sum p-value (see the module docstring)."""
+    from scipy.stats import mannwhitneyu
 
     x = [v for v in a if v is not None]
     y = [v for v in b if v is not None]
     if len(x) < 2 or len(y) < 2:
         return None
-    return float(ranksums(x, y).pvalue)
+    if len(set(x) | set(y)) == 1:  # every value alike: no ranks to compare
+        return 1.0
+    return float(mannwhitneyu(x, y, alternative="two-sided", method="auto",
+                              use_continuity=False).pvalue)
 
 
 def evaluate(pred_scores: dict[tuple[str, str], float],
@@ -97,6 +113,9 @@ def evaluate(pred_scores: dict[tuple[str, str], float],
     demographics = demographics or {}
     studies = sorted({k for k, _ in truth_scores} & {k for k, _ in pred_scores})
     result.n_studies = len(studies)
+    truth_keys, pred_keys = {k for k, _ in truth_scores}, {k for k, _ in pred_scores}
+    result.truth_only = sorted(truth_keys - pred_keys)
+    result.prediction_only = sorted(pred_keys - truth_keys)
     for name in SCORE_NAMES:
         pairs = [(truth_scores[(s, name)], pred_scores[(s, name)]) for s in studies
                  if (s, name) in truth_scores and (s, name) in pred_scores]
@@ -188,35 +207,77 @@ def format_agreement(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_unmatched(result: Evaluation, shown: int = 20) -> list[str]:
+    """Lines naming the studies found on one side only (none when every study matched)."""
+    lines = []
+    for what, keys in (("truth scores without a prediction", result.truth_only),
+                       ("predictions without truth scores", result.prediction_only),
+                       ("truth label maps without a prediction",
+                        result.labels_without_prediction),
+                       ("predictions without a truth label map",
+                        result.predictions_without_labels)):
+        if keys:
+            more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+            lines.append(f"- {len(keys)} {what}: " + ", ".join(keys[:shown]) + more)
+    if result.truth_scores_missing:
+        lines.append(f"- {result.truth_scores_missing} truth score rows without a number "
+                     "(left out)")
+    return ["Not compared:", *lines] if lines else []
+
+
 def format_confusion(matrix: list[list[int]], kappa: float | None) -> str:
     lines = ["| truth \\ prediction | " + " | ".join(CATEGORIES) + " |",
              "|---|" + "---|" * len(CATEGORIES)]
     for name, row in zip(CATEGORIES, matrix, strict=True):
         lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
     if kappa is not None:
-        lines.append(f"\nLinearly weighted kappa: {kappa:.3f}")
+        lines.append("\nLinearly weighted kappa: " + (
+            "undefined (every study in one category on both sides)" if math.isnan(kappa)
+            else f"{kappa:.3f}"))
     return "\n".join(lines)
 
 
 # -- loading ------------------------------------------------------------------------------
 
+def truth_scores_path(truth: Path) -> Path | None:
+    """The truth's per-study scores: the file given, or ``scores.parquet`` of the folder
+    (or of its ``_truth/``); None for a folder without one (label maps only)."""
+    if truth.is_file():
+        return truth
+    folder = truth / "_truth" if (truth / "_truth").is_dir() else truth
+    path = folder / "scores.parquet"
+    return path if path.is_file() else None
+
+
 def load_truth_scores(truth: Path) -> dict[tuple[str, str], float]:
-    """Per-study scores from ``scores.parquet`` (also under ``_truth/``) or a CSV."""
+    """Per-study scores from ``scores.parquet`` (also under ``_truth/``) or a CSV; rows
+    without a number are left out (:func:`read_truth_scores` counts them)."""
+    return read_truth_scores(truth)[0]
+
+
+def read_truth_scores(truth: Path) -> tuple[dict[tuple[str, str], float], int]:
+    """:func:`load_truth_scores` and the number of rows without a number (empty or NaN)."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    if truth.is_file():
-        table = pacsv.read_csv(truth) if truth.suffix.lower() == ".csv" else pq.read_table(truth)
-    else:
-        folder = truth / "_truth" if (truth / "_truth").is_dir() else truth
-        table = pq.read_table(folder / "scores.parquet")
+    path = truth_scores_path(truth)
+    if path is None:
+        raise FileNotFoundError(f"no truth scores: {truth} is not a file and holds no "
+                                "scores.parquet")
+    table = pacsv.read_csv(path) if path.suffix.lower() == ".csv" else pq.read_table(path)
     names = "name" if "name" in table.column_names else "vessel"
     missing = {"study_key", names, "agatston"} - set(table.column_names)
     if missing:
         raise ValueError(f"truth scores lack columns {sorted(missing)}: need study_key, "
                          "name (or vessel) and agatston")
-    return {(str(r["study_key"]), str(r[names]).upper()): float(r["agatston"])
-            for r in table.select(["study_key", names, "agatston"]).to_pylist()}
+    scores, empty = {}, 0
+    for r in table.select(["study_key", names, "agatston"]).to_pylist():
+        value = r["agatston"]
+        if value is None or math.isnan(float(value)):
+            empty += 1
+            continue
+        scores[(str(r["study_key"]), str(r[names]).upper())] = float(value)
+    return scores, empty
 
 
 def truth_labels_dir(truth: Path) -> Path | None:
@@ -247,26 +308,38 @@ def run_evaluation(pred: str, truth: Path, report: Path, *,
         "SELECT study_key, age_years, sex FROM latest_study_scores WHERE profile = ?",
         [profile]).fetchall()}
     labels = truth_labels_dir(truth)
-    truth_scores = load_truth_scores(truth)
+    has_scores = truth_scores_path(truth) is not None
+    if labels is None and not has_scores:
+        raise FileNotFoundError(f"{truth} holds neither scores (scores.parquet, or a CSV "
+                                "given as the path) nor label maps (labels/)")
+    truth_scores, empty = read_truth_scores(truth) if has_scores else ({}, 0)
     dice = None
+    label_keys: set[str] = set()
     if labels is not None:
         dice = {}
-        for study in sorted(demographics):
-            path = labels / f"{study}.nii.gz"
-            if path.is_file():
-                truth_map, _ = read_labels(path)
-                dice[study] = dice_per_class(truth_map, read_mask(pred, None, study))
+        label_keys = {p.name[:-len(".nii.gz")] for p in labels.glob("*.nii.gz")}
+        for study in sorted(label_keys & set(demographics)):
+            truth_map, _ = read_labels(labels / f"{study}.nii.gz")
+            dice[study] = dice_per_class(truth_map, read_mask(pred, None, study))
     result = evaluate(pred_scores, truth_scores, dice, demographics)
+    result.truth_scores_missing = empty
+    if not has_scores:
+        result.prediction_only = []  # no truth scores were given at all
+    if labels is not None:
+        result.labels_without_prediction = sorted(label_keys - set(demographics))
+        result.predictions_without_labels = sorted(set(demographics) - label_keys)
     report.mkdir(parents=True, exist_ok=True)
     if result.dice:
         pq.write_table(pa.Table.from_pylist(result.dice), report / "dice.parquet")
         pq.write_table(pa.Table.from_pylist(result.table2), report / "table2.parquet")
     if result.agreement:
         pq.write_table(pa.Table.from_pylist(result.agreement), report / "agreement.parquet")
-    text = [f"# Evaluation: {result.n_studies} studies, profile `{profile}`", ""]
+    text = [f"# Evaluation: {result.n_studies} studies with scores on both sides, "
+            f"profile `{profile}`", "", *format_unmatched(result), ""]
     if result.table2:
         text += ["## Dice per patient (Table 2)", "", format_table2(result.table2), ""]
-    text += ["## Agatston agreement", "", format_agreement(result.agreement), ""]
+    if result.agreement:
+        text += ["## Agatston agreement", "", format_agreement(result.agreement), ""]
     if result.confusion:
         text += ["## CAC risk categories", "", format_confusion(result.confusion, result.kappa)]
     (report / "evaluation.md").write_text("\n".join(text) + "\n", encoding="utf-8")

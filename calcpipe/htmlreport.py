@@ -139,10 +139,20 @@ def write_html_report(out: str, source: str, dest: str | Path, *, truth: Path | 
 
     disagreement: dict[str, float] = {}
     if truth is not None:
-        from calcpipe.evaluation import load_truth_scores, p_value, run_evaluation, table2_cell
+        from calcpipe.evaluation import (
+            format_unmatched,
+            load_truth_scores,
+            p_value,
+            run_evaluation,
+            table2_cell,
+            truth_scores_path,
+        )
 
         result = run_evaluation(out, truth, Path(dest) / "evaluation", profile=profile)
-        truth_scores = load_truth_scores(truth)
+        truth_scores = load_truth_scores(truth) if truth_scores_path(truth) else {}
+        if unmatched := format_unmatched(result):
+            parts.append("<p>" + html.escape(unmatched[0]) + "</p><ul>" + "".join(
+                f"<li>{html.escape(line[2:])}</li>" for line in unmatched[1:]) + "</ul>")
         pairs = [(truth_scores[(k, "CAC")], cac, k) for k, cac, _ in studies
                  if (k, "CAC") in truth_scores]
         disagreement = {k: abs(p - t) for t, p, k in pairs}
@@ -164,7 +174,10 @@ def write_html_report(out: str, source: str, dest: str | Path, *, truth: Path | 
             parts.append(_table(["truth \\ prediction", *CATEGORIES],
                                 [[c, *row] for c, row in zip(CATEGORIES, result.confusion,
                                                             strict=True)]))
-            parts.append(f"<p>Linearly weighted kappa {result.kappa:.3f}.</p>")
+            kappa = result.kappa
+            parts.append("<p>Linearly weighted kappa " + (
+                "undefined (every study in one category on both sides)"
+                if kappa is None or np.isnan(kappa) else f"{kappa:.3f}") + ".</p>")
         if pairs:
             t, p = [x[0] for x in pairs], [x[1] for x in pairs]
             diff = [b - a for a, b in zip(t, p, strict=True)]

@@ -76,8 +76,8 @@ def weighted_kappa(a: Sequence[int], b: Sequence[int], n_categories: int) -> flo
     i, j = np.indices((n_categories, n_categories))
     weights = np.abs(i - j) / (n_categories - 1)
     disagreement_expected = float((weights * expected).sum())
-    if disagreement_expected == 0:
-        return 1.0
+    if disagreement_expected == 0:  # both raters put everyone in one category: 0/0
+        return float("nan")
     return 1.0 - float((weights * observed).sum()) / disagreement_expected
 
 
@@ -91,6 +91,8 @@ def icc_2_1(ratings: npt.ArrayLike) -> float:
     y = np.asarray(ratings, dtype=np.float64)
     if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 2:
         raise ValueError(f"ratings must be (subjects >= 2, raters >= 2); got {y.shape}")
+    if (y == y.flat[0]).all():  # no variance at all: 0/0, whatever rounding leaves
+        return float("nan")
     n, k = y.shape
     grand = y.mean()
     ss_rows = k * ((y.mean(axis=1) - grand) ** 2).sum()

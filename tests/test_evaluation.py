@@ -106,3 +106,53 @@ def test_evaluate_command_on_a_scored_synthetic_cohort(tmp_path):
     agreement = {r["name"]: r for r in pq.read_table(
         tmp_path / "eval" / "agreement.parquet").to_pylist()}
     assert agreement["CAC"]["n"] == 3
+
+    # studies on one side only are named, not dropped: a label map without a prediction,
+    # a prediction without a label map; then label maps alone (no scores.parquet)
+    from calcpipe.evaluation import run_evaluation
+
+    labels = cohort / "_truth" / "labels"
+    first, *_ = sorted(labels.glob("*.nii.gz"))
+    first.rename(labels / "not-scored.nii.gz")
+    result = run_evaluation(str(tmp_path / "out"), cohort, tmp_path / "eval2")
+    assert result.labels_without_prediction == ["not-scored"]
+    assert result.predictions_without_labels == [first.name[:-len(".nii.gz")]]
+    assert len({r["study_key"] for r in result.dice}) == 2
+    text = (tmp_path / "eval2" / "evaluation.md").read_text()
+    assert "1 truth label maps without a prediction: not-scored" in text
+    (cohort / "_truth" / "scores.parquet").unlink()
+    labels_only = run_evaluation(str(tmp_path / "out"), cohort, tmp_path / "eval3")
+    assert labels_only.table2 and not labels_only.agreement
+    assert not labels_only.prediction_only  # no truth scores were given at all
+
+
+def test_studies_on_one_side_and_missing_truth_scores_are_reported(tmp_path):
+    from calcpipe.evaluation import format_unmatched, read_truth_scores
+
+    truth, pred, _, _ = three_patients()
+    truth[("t", "CAC")] = 5.0
+    pred[("p", "CAC")] = 7.0
+    result = evaluate(pred, truth)
+    assert (result.n_studies, result.truth_only, result.prediction_only) == (3, ["t"], ["p"])
+    assert format_unmatched(result)[1:] == ["- 1 truth scores without a prediction: t",
+                                            "- 1 predictions without truth scores: p"]
+    csv = tmp_path / "clinical.csv"
+    csv.write_text("study_key,name,agatston\na,CAC,0\nb,CAC,\nc,CAC,nan\n")
+    assert read_truth_scores(csv) == ({("a", "CAC"): 0.0}, 2)
+
+
+def test_rank_sum_p_values_are_corrected_for_ties():
+    from calcpipe.evaluation import _ranksums
+
+    # Dice-like values, many tied at 1.0: the normal approximation with the tie-corrected
+    # variance, by hand. Ranks of the 10 values (five 1.0s share rank 8)
+    x, y = [1.0, 1.0, 1.0, 1.0, 0.5], [1.0, 0.2, 0.3, 0.4, 0.6]
+    n1 = n2 = 5
+    u = (8 + 8 + 8 + 8 + 4) - n1 * (n1 + 1) / 2  # x's rank sum less its minimum
+    ties = 5**3 - 5
+    variance = n1 * n2 / 12 * ((n1 + n2 + 1) - ties / ((n1 + n2) * (n1 + n2 - 1)))
+    from math import erf, sqrt
+
+    z = (u - n1 * n2 / 2) / sqrt(variance)
+    assert _ranksums(x, y) == pytest.approx(2 * (1 - 0.5 * (1 + erf(abs(z) / sqrt(2)))))
+    assert _ranksums([1.0, 1.0], [1.0, 1.0, 1.0]) == 1.0  # nothing to rank apart

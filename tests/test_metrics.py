@@ -44,6 +44,8 @@ def test_linear_weighted_kappa_by_hand():
     assert weighted_kappa([0, 0, 1, 2], [0, 1, 1, 2], 3) == pytest.approx(1 - 0.125 / (7 / 16))
     with pytest.raises(ValueError):
         weighted_kappa([0, 4], [0, 1], 3)
+    # everyone in one category on both sides: agreement by chance is total, kappa 0/0
+    assert np.isnan(weighted_kappa([3, 3, 3], [3, 3, 3], 4))
 
 
 def test_icc_2_1_by_hand():
@@ -52,6 +54,15 @@ def test_icc_2_1_by_hand():
                [6, 2, 4, 7]]
     assert icc_2_1(ratings) == pytest.approx(0.2898, abs=5e-4)
     assert icc_2_1([[1, 1], [2, 2], [3, 3]]) == pytest.approx(1.0)
+    # no variance at all is 0/0, not whatever rounding leaves of it
+    assert np.isnan(icc_2_1([[356.2, 356.2]] * 16))
+
+
+def test_risk_category_refuses_nan():
+    from calcpipe.scoring.features import risk_category
+
+    with pytest.raises(ValueError, match="non-negative"):
+        risk_category(float("nan"))
 
 
 def test_median_iqr_excludes_none():

@@ -25,8 +25,8 @@ def risk_category(agatston: float, scheme: Literal["paper", "five"] = "paper") -
 
     ``"paper"``: 0 / 1-99 / 100-399 / >=400; ``"five"``: 0 / 1-10 / 11-100 / 101-400 / >400.
     """
-    if agatston < 0:
-        raise ValueError(f"agatston={agatston}: scores are non-negative")
+    if not agatston >= 0:  # negative, or NaN (which no category holds)
+        raise ValueError(f"agatston={agatston}: scores are non-negative numbers")
     if agatston == 0:
         return "0"
     if scheme == "paper":
