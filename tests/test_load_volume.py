@@ -293,3 +293,16 @@ def test_a_series_without_a_positive_kvp_is_flagged(make_series):
                 ds.KVP = value
             ds.save_as(path)
         assert load_volume(folder).has_flag("kvp_missing"), value
+
+
+@pytest.mark.parametrize("where", ["pixel length", "file meta group length"])
+def test_a_file_cut_inside_a_length_field_is_refused_as_truncated(make_series, where):
+    folder, _, files = make_series()
+    data = files[1].read_bytes()
+    at = pydicom.dcmread(files[1]).get_item(0x7FE00010).value_tell
+    files[1].write_bytes(data[:at - 2] if where == "pixel length" else data[:141])
+    with pytest.raises(DicomError) as info:
+        load_volume(folder)
+    assert info.value.code == "truncated"
+    assert [(s.url, s.code) for s in scan_headers(folder).skipped] == [
+        (str(files[1]), "truncated")]

@@ -306,6 +306,51 @@ def test_a_commit_interrupted_half_way_is_invisible_and_repaired(pool, tmp_path)
     assert store.read("study_scores").num_rows == 1
 
 
+def test_a_shard_commit_tried_again_in_the_process_counts_each_result_once(pool, tmp_path,
+                                                                          monkeypatch):
+    """A commit that died before its marker, tried again: its rows once. A commit tried
+    again after its marker: the committed result is left alone (not deleted, not added)."""
+    from calcpipe.catalog import open_catalog
+    from calcpipe.pipeline import Run
+    from calcpipe.pipeline.run import load_segmenter
+    from calcpipe.pipeline.work import score_study
+    from calcpipe.tables.store import TableStore as Store
+
+    src, out = cohort(pool, tmp_path / "src", [0]), tmp_path / "out"
+    run = Run(ScoreParams(source=str(src), out=str(out)), None)
+    segmenter = load_segmenter("default", "cpu", "fp32", None)
+    outcomes = [score_study(item, segmenter, run.provenance, out_root=str(out),
+                            storage_options=None, secret=None)
+                for item in planned_items(run)]
+
+    def counts() -> tuple[int, ...]:
+        return open_catalog(out).query(
+            "SELECT (SELECT count(*) FROM study_scores), (SELECT count(*) FROM "
+            "committed_vessel_scores), (SELECT count(*) FROM vessel_scores)").fetchall()[0]
+
+    original = Store.insert_absent
+
+    def dies_at_marker(self: Any, name: str, *args: Any, **kwargs: Any) -> None:
+        if name == "study_scores":
+            raise _Killed("the commit dies before its marker")
+        original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "insert_absent", dies_at_marker)
+    with pytest.raises(_Killed):
+        run.commit(outcomes)
+    monkeypatch.setattr(Store, "insert_absent", original)
+    assert counts() == (0, 0, 10)
+    run.commit(outcomes)
+    assert counts() == (1, 10, 10)
+
+    def store_down(self: Any, name: str, *args: Any, **kwargs: Any) -> None:
+        raise OSError("the object store is down")
+
+    monkeypatch.setattr(Store, "append", store_down)
+    run.commit(outcomes)  # the result is committed: nothing to write, nothing deleted
+    assert counts() == (1, 10, 10)
+
+
 def _strings(out: Path) -> list[str]:
     """Every string in every table but the run parameters (which name the cohort's root
     folder or bucket, given by the operator)."""

@@ -189,6 +189,8 @@ def test_component_minimum_also_applies_to_lesion_slices():
 @pytest.mark.parametrize(("fields", "field"), [
     ({"threshold_by_kvp_hu": ((80.0, 150.0),)}, "threshold_by_kvp_hu"),
     ({"slice_connectivity": 8, "lesion_connectivity": 6}, "lesion_connectivity"),
+    ({"threshold_by_kvp_hu": None}, "threshold_by_kvp_hu"),
+    ({"threshold_by_kvp_hu": ((120.0, 130.0, 1.0),)}, "threshold_by_kvp_hu"),
 ])
 def test_profiles_that_cannot_be_scored_are_refused(fields, field):
     with pytest.raises(ValueError, match=field):
@@ -321,6 +323,8 @@ def test_rows_do_not_depend_on_hu(dtype):
     ({"labels": np.full((3, 8, 8), 2**63 + 2, np.uint64)}, "labels"),
     ({"labels": np.full((3, 8, 8), 3, np.uint8), "label_names": {2: "label_3"}}, "label_names"),
     ({"label_names": {2**63: "huge"}}, "label_names"),
+    ({"kvp": __import__("fractions").Fraction(-120)}, "kvp"),
+    ({"profile": "ai_cac", "slice_thickness_mm": "3"}, "slice_thickness_mm"),
 ])
 def test_bad_input_names_the_parameter(kwargs, parameter):
     args = {"hu": np.zeros((3, 8, 8), np.int16), "labels": np.zeros((3, 8, 8), np.uint8),

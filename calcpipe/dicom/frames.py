@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import struct
 import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -25,7 +26,7 @@ import pydicom
 from pydicom.datadict import keyword_dict
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
 from calcpipe.dicom.errors import DicomDecodeError, DicomInputError
@@ -92,6 +93,13 @@ def read_dataset(path: str | os.PathLike[str], *, header_only: bool = False) -> 
     return _parse(os.fspath(path), header_only=header_only)
 
 
+#: What pydicom raises on a header cut short, inside a value or its length field (a cut
+#: in a 4-byte length: struct.error; in the file meta's group length: a value of the wrong
+#: length).
+_CUT_HEADER = (EOFError, ValueError, KeyError, TypeError, OverflowError, struct.error,
+               BytesLengthException)
+
+
 def _parse(name: str, *, header_only: bool) -> Dataset:
     # pydicom reads the file itself: reading it into bytes first costs one more copy of
     # the pixel data, a fifth of the time of a whole series load.
@@ -113,7 +121,7 @@ def _parse(name: str, *, header_only: bool) -> Dataset:
         # Files without the 128-byte preamble and 'DICM' marker still exist in archives;
         # accept them only if a forced parse finds the elements every CT image has.
         ds = _forced_parse(name, header_only=header_only)
-    except (EOFError, ValueError, KeyError, TypeError, OverflowError) as e:
+    except _CUT_HEADER as e:
         raise DicomInputError(
             f"the file ends or breaks inside the DICOM header ({type(e).__name__}: {e})",
             code="truncated", path=name, fix="re-copy the file; it is probably truncated",
@@ -232,7 +240,7 @@ def parse_header_bytes(data: bytes, name: str, *, size: int) -> HeaderParse | No
         ds = pydicom.dcmread(buffer, stop_before_pixels=True)
     except InvalidDicomError:
         ds = _forced_parse(name, header_only=True, source=buffer)
-    except (EOFError, ValueError, KeyError, TypeError, OverflowError) as e:
+    except _CUT_HEADER as e:
         if not complete:
             return None
         raise DicomInputError(

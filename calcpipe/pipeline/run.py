@@ -277,10 +277,16 @@ class Run:
         scored = [o for o in outcomes if o.study_row is not None]
         self.store.insert_absent("failures", to_table("failures", failures), key=FAILURE_KEY)
         self._count_failures(Counter(f["code"] for f in failures))
+        if scored and (self.resumed or not self._commits_begun.isdisjoint(
+                o.result_id for o in scored)):
+            # An earlier attempt under this run id got part of the way: a result with a
+            # marker is done (left alone); the others' rows it left would count twice.
+            done = self._winners([o.result_id for o in scored])
+            scored = [o for o in scored if o.result_id not in done]
+            if scored:
+                self._drop_own_rows([o.result_id for o in scored])
         if scored:
             ids = [o.result_id for o in scored]
-            if self.resumed or not self._commits_begun.isdisjoint(ids):
-                self._drop_own_rows(ids)  # an earlier attempt's, which would count twice
             self._commits_begun.update(ids)
             self.store.append("lesions", to_table(
                 "lesions", [r for o in scored for r in o.lesion_rows]))
@@ -322,9 +328,8 @@ class Run:
             self.store.delete(name, predicate)
 
     def _drop_own_rows(self, ids: list[str]) -> None:
-        """Delete this run's result rows of these results that have no marker: an earlier
-        attempt of this run wrote them and died before its marker (a result with a marker
-        is not planned again)."""
+        """Delete this run's result rows of these results, which have no marker: an
+        earlier attempt of this run wrote them and died before its marker."""
         from calcpipe.tables.store import quoted
 
         for name in RESULT_TABLES:

@@ -124,7 +124,9 @@ def stored_mask_for(item: StudyItem, provenance: Provenance, out_root: str,
             f"the study's stored mask {made}, not by model {provenance.model_id!r} "
             f"(checksum {provenance.model_checksum[:12]}) from these inputs",
             code="no_stored_mask", attribute="mask",
-            fix="run calcpipe score with this model without --rescore first")
+            # a full run under a profile this model has scored is skipped: the target's
+            fix="score under this profile without --rescore: the network runs again and "
+                "writes this model's mask")
     return labels
 
 

@@ -9,6 +9,7 @@ Components never cross labels: two voxels connect only when they carry the same 
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -199,16 +200,14 @@ def _validate(
         raise ScoringInputError("spacing_mm", spacing_mm,
                                 "pixel area or voxel volume is not a finite positive number",
                                 fix="give the spacing in millimetres")
-    if not _is_number(kvp) or not np.isfinite(kvp) or kvp <= 0:
+    if not _positive(kvp):
         raise ScoringInputError("kvp", kvp, "must be a positive tube voltage (a number)")
-    if mass_calibration is not None and (not _is_number(mass_calibration)
-                                         or not np.isfinite(mass_calibration)
-                                         or mass_calibration <= 0):
+    if mass_calibration is not None and not _positive(mass_calibration):
         raise ScoringInputError("mass_calibration", mass_calibration,
                                 "c_HA must be a positive number (mg HA per cm^3 per HU)")
-    if slice_thickness_mm is not None and (not np.isfinite(slice_thickness_mm)
-                                           or slice_thickness_mm <= 0):
-        raise ScoringInputError("slice_thickness_mm", slice_thickness_mm, "must be positive")
+    if slice_thickness_mm is not None and not _positive(slice_thickness_mm):
+        raise ScoringInputError("slice_thickness_mm", slice_thickness_mm,
+                                "must be a positive number")
     matrix = None
     if affine is not None:
         matrix = np.asarray(affine, dtype=np.float64)
@@ -218,8 +217,12 @@ def _validate(
     return hu_arr, label_arr, (spacing[0], spacing[1], spacing[2]), matrix
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+def _positive(value: object) -> bool:
+    """A finite positive real number (not a bool, not a string)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool | np.bool_):
+        return False
+    number = float(value)
+    return math.isfinite(number) and number > 0
 
 
 def _check_names(label_names: Mapping[int, str]) -> dict[int, str]:

@@ -62,7 +62,12 @@ class Profile:
     slice_stride: Literal["all", "non_overlapping"] = "all"
 
     def __post_init__(self) -> None:
-        if 120.0 not in dict(self.threshold_by_kvp_hu):
+        try:
+            table = {float(kvp): float(hu) for kvp, hu in self.threshold_by_kvp_hu}
+        except (TypeError, ValueError):
+            raise ScoringInputError("threshold_by_kvp_hu", self.threshold_by_kvp_hu,
+                                    "must be (kVp, HU) pairs of numbers") from None
+        if 120.0 not in table:
             raise ScoringInputError(
                 "threshold_by_kvp_hu", self.threshold_by_kvp_hu,
                 "needs a 120 kVp entry (the threshold of every kVp without one)",
