@@ -125,7 +125,7 @@ class Catalog:
 
         con = duckdb.connect()
         for name in TABLES:
-            con.register(name, self.store.dataset(name))
+            self.store.register(con, name)
         for name, (_, sql) in VIEWS.items():
             con.execute(f"CREATE VIEW {name} AS {sql}")
         return con

@@ -138,3 +138,37 @@ def test_demo_scores_a_synthetic_cohort_with_the_flow(prefect_api, tmp_path):
     for text in ("Per vessel", "latest_vessel_scores", "scored"):
         assert text in result.output, text
     assert (tmp_path / "demo" / "results" / "report" / "summary.md").is_file()
+
+
+def test_string_filters_work_on_tables_that_merges_wrote(tmp_path):
+    """Delta merges (study_scores, series, failures) write string columns as string_view;
+    DuckDB's filters pushed down into a pyarrow dataset mixing both types failed."""
+    import numpy as np
+
+    from calcpipe.dicom.writer import write_series
+    from calcpipe.pipeline import ScoreParams, run_single_process
+    from calcpipe.synthetic import write_cohort
+
+    src = write_cohort(tmp_path / "src", studies=1, seed=31, matrix=64, workers=1)
+    hu = np.full((12, 48, 48), 40, np.int16)
+    write_series(src / "mr" / "s1", hu, spacing_mm=(3.0, 0.7, 0.7), study_uid="1.2.3.100",
+                 series_uid="1.2.3.100.1",
+                 extra={"Modality": "MR", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.4"})
+    # a second code in the same files: their statistics cannot answer a filter on code
+    write_series(src / "contrast" / "s1", hu, spacing_mm=(3.0, 0.7, 0.7),
+                 study_uid="1.2.3.200", series_uid="1.2.3.200.1",
+                 extra={"ContrastBolusAgent": "IOPAMIDOL"})
+    out = tmp_path / "out"
+    for retry in (False, True, True):  # failures and series merged into several times
+        run_single_process(ScoreParams(source=str(src), out=str(out), retry_failed=retry))
+    catalog = open_catalog(out)
+    assert catalog.query("SELECT attempt FROM failures WHERE code = 'not_ct' "
+                         "ORDER BY 1").fetchall() == [(1,), (2,), (3,)]
+    assert catalog.query("SELECT count(*) FROM series WHERE study_key = '1.2.3.100'"
+                         ).fetchall() == [(1,)]
+    key = catalog.query("SELECT study_key FROM study_scores").fetchall()[0][0]
+    assert catalog.query("SELECT count(*) FROM latest_vessel_scores v JOIN failures f "
+                         f"ON v.study_key <> f.study_key WHERE v.study_key = '{key}' AND "
+                         "f.code IN ('not_ct')").fetchall() == [(3 * 10,)]
+    assert catalog.query("SELECT count(*) FROM series WHERE study_key IN ('1.2.3.100', "
+                         "'1.2.3.200')").fetchall() == [(2,)]

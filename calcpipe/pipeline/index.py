@@ -259,7 +259,7 @@ class _connection:
         import duckdb
 
         self.con = duckdb.connect()
-        self.con.register("dicom_instances", self.store.dataset("dicom_instances"))
+        self.store.register(self.con, "dicom_instances")
         self.con.register("listing", self.listing)
         return self.con
 

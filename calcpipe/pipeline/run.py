@@ -228,14 +228,12 @@ class Run:
 
         with duckdb.connect() as con:
             for name in ("study_scores", "failures", "series"):
-                con.register(name, self.store.dataset(name))
+                self.store.register(con, name)
             where = f"WHERE {partition_filter('study_key', parts)} = ?"
             committed = arrow(
                 con, "SELECT result_id, study_key, input_fingerprint, model_checksum, device, "
                 f"precision, scored_at, segmentation_confidence FROM study_scores {where}",
                 [part]).to_pylist()
-            # codes compared here, not in SQL: a filter on a string column pushed down to
-            # a table that merges wrote to (string_view files) fails in pyarrow
             failures = con.execute(f"SELECT result_id, code FROM failures {where}",
                                    [part]).fetchall()
             failed = Counter[str](r for r, _ in failures)

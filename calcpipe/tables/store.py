@@ -94,6 +94,33 @@ class TableStore:
             return pads.dataset(arrow_schema(name).empty_table())
         return table.to_pyarrow_dataset()
 
+    def register(self, con: Any, name: str) -> None:
+        """Make table ``name``'s current snapshot queryable as ``name`` in a DuckDB
+        connection.
+
+        Delta merges write string columns as string_view, and pyarrow cannot evaluate a
+        string filter that DuckDB pushes down into a dataset whose files mix both types
+        ("no kernel matching input types (string, string_view)"). So a local table is read
+        by DuckDB's own Parquet reader from the files the Delta log lists (columns in the
+        schema's order and type, NULL where older files lack one); an object-store table
+        through its pyarrow dataset (DuckDB's httpfs needs a download, and its fsspec path
+        does not retry transient faults), with the connection's filter pushdown into scans
+        turned off."""
+        table = self._delta(name)
+        empty = arrow_schema(name).empty_table()
+        files = [] if table is None else table.file_uris()
+        if not files:
+            con.register(name, empty)
+        elif "://" in self.root or "deletionVectors" in (
+                table.protocol().reader_features or []):
+            con.execute("SET disabled_optimizers = 'filter_pushdown,join_filter_pushdown'")
+            con.register(name, table.to_pyarrow_dataset())
+        else:
+            con.register(f"_{name}_schema", empty)
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _{name}_schema "
+                        f"UNION ALL BY NAME SELECT * FROM read_parquet([{quoted(files)}], "
+                        "union_by_name = true)")
+
     def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
         return self.dataset(name).to_table(columns=columns)
 
