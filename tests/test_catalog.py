@@ -172,3 +172,19 @@ def test_string_filters_work_on_tables_that_merges_wrote(tmp_path):
                          "f.code IN ('not_ct')").fetchall() == [(3 * 10,)]
     assert catalog.query("SELECT count(*) FROM series WHERE study_key IN ('1.2.3.100', "
                          "'1.2.3.200')").fetchall() == [(2,)]
+
+
+def test_tables_read_under_any_folder_name(tmp_path):
+    """The Delta log's file URIs are percent-encoded, and DuckDB takes key=value folders
+    for partitions: an output under 'a space ü/site=a' reads as anywhere else."""
+    from calcpipe.pipeline import ScoreParams, run_single_process
+    from calcpipe.synthetic import write_cohort
+
+    src = write_cohort(tmp_path / "src", studies=1, seed=31, matrix=64, workers=1)
+    out = tmp_path / "a space ü" / "profile=other" / "out"
+    for profile in ("standard", "deepcac"):
+        run_single_process(ScoreParams(source=str(src), out=str(out), profile=profile))
+    catalog = open_catalog(out)
+    assert catalog.query("SELECT profile, count(*) FROM latest_study_scores GROUP BY 1 "
+                         "ORDER BY 1").fetchall() == [("deepcac", 1), ("standard", 1)]
+    assert catalog.query("SELECT * FROM runs").columns == arrow_schema("runs").names

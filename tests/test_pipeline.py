@@ -349,6 +349,7 @@ def test_a_shard_commit_tried_again_in_the_process_counts_each_result_once(pool,
     monkeypatch.setattr(Store, "append", store_down)
     run.commit(outcomes)  # the result is committed: nothing to write, nothing deleted
     assert counts() == (1, 10, 10)
+    assert run.counts.studies_scored == 1  # counted once over three attempts
 
 
 def _strings(out: Path) -> list[str]:

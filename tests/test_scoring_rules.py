@@ -191,6 +191,14 @@ def test_component_minimum_also_applies_to_lesion_slices():
     ({"slice_connectivity": 8, "lesion_connectivity": 6}, "lesion_connectivity"),
     ({"threshold_by_kvp_hu": None}, "threshold_by_kvp_hu"),
     ({"threshold_by_kvp_hu": ((120.0, 130.0, 1.0),)}, "threshold_by_kvp_hu"),
+    ({"threshold_by_kvp_hu": ((120.0, "130"),)}, "threshold_by_kvp_hu"),
+    ({"slice_connectivity": 5}, "slice_connectivity"),
+    ({"lesion_connectivity": True}, "lesion_connectivity"),
+    ({"unit": "blob"}, "unit"),
+    ({"min_area_mm2": "1"}, "min_area_mm2"),
+    ({"min_lesion_volume_mm3": -1.0}, "min_lesion_volume_mm3"),
+    ({"min_pixels": 0}, "min_pixels"),
+    ({"slice_stride": "some"}, "slice_stride"),
 ])
 def test_profiles_that_cannot_be_scored_are_refused(fields, field):
     with pytest.raises(ValueError, match=field):

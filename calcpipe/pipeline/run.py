@@ -132,6 +132,8 @@ class Run:
         # appending a shard's rows and its marker: those rows carry this run's id too.
         self.resumed = resumed
         self._commits_begun: set[str] = set()  # result ids whose commit began here
+        self._scored_counted: set[str] = set()
+        self._failures_counted: set[tuple[str, int]] = set()
         self.started_at = dt.datetime.now(dt.UTC)
         self.store = TableStore(params.out, params.storage_options or None)
         self.counts = RunCounts()
@@ -274,12 +276,16 @@ class Run:
         failures = [o.failure for o in outcomes if o.failure is not None]
         scored = [o for o in outcomes if o.study_row is not None]
         self.store.insert_absent("failures", to_table("failures", failures), key=FAILURE_KEY)
-        self._count_failures(Counter(f["code"] for f in failures))
+        new_failures = [f for f in failures if (f["result_id"], f["attempt"])
+                        not in self._failures_counted]  # a commit tried again counts once
+        self._failures_counted.update((f["result_id"], f["attempt"]) for f in new_failures)
+        self._count_failures(Counter(f["code"] for f in new_failures))
         if scored and (self.resumed or not self._commits_begun.isdisjoint(
                 o.result_id for o in scored)):
             # An earlier attempt under this run id got part of the way: a result with a
             # marker is done (left alone); the others' rows it left would count twice.
             done = self._winners([o.result_id for o in scored])
+            self._count_scored(done)
             scored = [o for o in scored if o.result_id not in done]
             if scored:
                 self._drop_own_rows([o.result_id for o in scored])
@@ -295,8 +301,14 @@ class Run:
                 "study_scores", [o.study_row for o in scored if o.study_row is not None]),
                 key="result_id")
             winners = self._winners(ids)
-            self.counts.studies_scored += sum(winners.get(i) == self.run_id for i in ids)
+            self._count_scored(winners)
             self._drop_losers(ids, winners)
+
+    def _count_scored(self, winners: dict[str, str]) -> None:
+        """Count the results this run committed, each once."""
+        mine = {i for i, run in winners.items() if run == self.run_id} - self._scored_counted
+        self._scored_counted |= mine
+        self.counts.studies_scored += len(mine)
 
     def _winners(self, ids: list[str]) -> dict[str, str]:
         """result_id -> the run_id whose study_scores row committed it.

@@ -32,6 +32,8 @@ Conventions (fields):
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -62,11 +64,28 @@ class Profile:
     slice_stride: Literal["all", "non_overlapping"] = "all"
 
     def __post_init__(self) -> None:
+        pairs: list[tuple[object, object]] = []
         try:
-            table = {float(kvp): float(hu) for kvp, hu in self.threshold_by_kvp_hu}
+            pairs = [(kvp, hu) for kvp, hu in self.threshold_by_kvp_hu]
         except (TypeError, ValueError):
+            pairs = [("not a pair", None)]
+        if not all(_real(v) for pair in pairs for v in pair):
             raise ScoringInputError("threshold_by_kvp_hu", self.threshold_by_kvp_hu,
-                                    "must be (kVp, HU) pairs of numbers") from None
+                                    "must be (kVp, HU) pairs of numbers")
+        table = dict(self.threshold_by_kvp_hu)
+        choices = {"unit": ("slice_component", "lesion_slice"), "slice_connectivity": (4, 8),
+                   "lesion_connectivity": (6, 18, 26), "slice_factor": ("spacing", "thickness"),
+                   "slice_stride": ("all", "non_overlapping")}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or value not in allowed:
+                raise ScoringInputError(name, value, f"must be one of {allowed}")
+        for name in ("min_area_mm2", "min_lesion_volume_mm3"):
+            if not _real(getattr(self, name)) or not getattr(self, name) >= 0:
+                raise ScoringInputError(name, getattr(self, name), "must be a number >= 0")
+        if not isinstance(self.min_pixels, int) or isinstance(self.min_pixels, bool) or (
+                self.min_pixels < 1):
+            raise ScoringInputError("min_pixels", self.min_pixels, "must be an integer >= 1")
         if 120.0 not in table:
             raise ScoringInputError(
                 "threshold_by_kvp_hu", self.threshold_by_kvp_hu,
@@ -86,6 +105,11 @@ class Profile:
             if abs(table_kvp - kvp) < 0.5:
                 return threshold, False
         return dict(self.threshold_by_kvp_hu)[120.0], True
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(
+        float(value))
 
 
 PROFILES = MappingProxyType({p.name: p for p in (

@@ -116,10 +116,19 @@ class TableStore:
             con.execute("SET disabled_optimizers = 'filter_pushdown,join_filter_pushdown'")
             con.register(name, table.to_pyarrow_dataset())
         else:
-            con.register(f"_{name}_schema", empty)
-            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _{name}_schema "
-                        f"UNION ALL BY NAME SELECT * FROM read_parquet([{quoted(files)}], "
-                        "union_by_name = true)")
+            from urllib.parse import unquote
+
+            # the schema's columns as DuckDB types, NULL where no file has a column yet
+            con.register("_calcpipe_schema", empty)
+            columns = con.execute("DESCRIBE _calcpipe_schema").fetchall()
+            con.unregister("_calcpipe_schema")
+            typed = ", ".join(f'CAST(NULL AS {kind}) AS "{column}"'
+                              for column, kind, *_ in columns)
+            # the log's URIs are percent-encoded; folders named key=value are no partitions
+            paths = quoted([unquote(uri) for uri in files])
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM (SELECT {typed} "
+                        f"WHERE false) UNION ALL BY NAME SELECT * FROM read_parquet([{paths}], "
+                        "union_by_name = true, hive_partitioning = false)")
 
     def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
         return self.dataset(name).to_table(columns=columns)
