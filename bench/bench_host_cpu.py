@@ -20,12 +20,10 @@ Usage: ``python bench/bench_host_cpu.py [--studies 8] [--rounds 3]`` (part of ``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,28 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_pipeline import _write, process
+from replay import Replay, on_gpu_there
 
 from calcpipe.models import segment
 from calcpipe.models.segment import UNetSegmenter
 
 #: a GPU node's cores, for the studies per second they allow at this cost
 NODE_CORES = 16
-
-
-class Replay:
-    """The network's logits recorded per call in a first pass, returned in order after."""
-
-    def __init__(self, network: Any) -> None:
-        self.network, self.recorded, self.at = network, [], None
-
-    def __call__(self, x: Any) -> Any:
-        if self.at is None:
-            out = self.network(x).clone()
-            self.recorded.append(out)
-            return out
-        out = self.recorded[self.at % len(self.recorded)]
-        self.at += 1
-        return out
 
 
 def main() -> int:
@@ -120,32 +103,6 @@ def main() -> int:
     print(f"  region size gate: windows {windows * 1000:.1f} ms, whole volume "
           f"{whole * 1000:.1f} ms per study ({whole / windows:.1f}x), the same answers")
     return 0
-
-
-@contextlib.contextmanager
-def on_gpu_there(stages: dict[str, float]) -> Iterator[None]:
-    """Adds to ``stages`` the seconds of the segment stage's steps that a GPU node runs on
-    its GPU: ``model_input`` less finding the body crop ("resampling") and
-    ``sample_labels`` ("reading logits")."""
-    from calcpipe.models import preprocess
-
-    def timed(function: Any, name: str, sign: float) -> Any:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return function(*a, **k)
-            finally:
-                stages[name] = stages.get(name, 0.0) + sign * (time.perf_counter() - t0)
-        return wrapper
-
-    originals = (preprocess.model_input, preprocess.body_box, segment.sample_labels)
-    preprocess.model_input = timed(originals[0], "resampling", 1.0)
-    preprocess.body_box = timed(originals[1], "resampling", -1.0)
-    segment.sample_labels = timed(originals[2], "reading logits", 1.0)
-    try:
-        yield
-    finally:
-        preprocess.model_input, preprocess.body_box, segment.sample_labels = originals
 
 
 def whole_volume_gate(candidates: Any, at: Any, spacing_mm: Any, max_mm3: float) -> Any:

@@ -21,15 +21,15 @@ from __future__ import annotations
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 
 def main() -> int:
     root = Path(sys.argv[1]).resolve()
     studies_n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    # the checkout's library and benchmark scripts first; replay.py from this folder
     sys.path[:0] = [str(root), str(root / "bench")]
+    sys.path.append(str(Path(__file__).resolve().parent))
     import torch
 
     torch.set_num_threads(1)
@@ -37,8 +37,8 @@ def main() -> int:
 
     assert str(root) in calcpipe.__file__, f"calcpipe imported from {calcpipe.__file__}"
     from gpu_pipeline import _write, process
+    from replay import Replay, on_gpu_there
 
-    from calcpipe.models import preprocess, segment
     from calcpipe.models.segment import UNetSegmenter
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,18 +50,12 @@ def main() -> int:
         segmenter.logits = replay
         reference = [process(paths, segmenter) for paths in studies]  # records logits
         replay.at = 0
-        originals = (preprocess.model_input, preprocess.body_box, segment.sample_labels)
         rounds = []
-        try:
-            for _ in range(3):
-                stages: dict[str, float] = {}
-                preprocess.model_input = timed(originals[0], "gpu_side", 1.0, stages)
-                preprocess.body_box = timed(originals[1], "gpu_side", -1.0, stages)
-                segment.sample_labels = timed(originals[2], "gpu_side", 1.0, stages)
+        for _ in range(3):
+            stages: dict[str, float] = {}
+            with on_gpu_there(stages, "gpu_side", "gpu_side"):
                 assert [process(p, segmenter, stages) for p in studies] == reference
-                rounds.append(stages)
-        finally:
-            preprocess.model_input, preprocess.body_box, segment.sample_labels = originals
+            rounds.append(stages)
     per = {k: [r[k] / studies_n * 1000 for r in rounds] for k in rounds[0]}
     print(f"{root}: ms per study, {studies_n} studies, 3 rounds")
     for name, values in per.items():
@@ -71,32 +65,6 @@ def main() -> int:
             for r in rounds]
     print(f"  host work median {statistics.median(host) / studies_n * 1000:6.1f} ms")
     return 0
-
-
-class Replay:
-    """The network's logits recorded per call in a first pass, returned in order after."""
-
-    def __init__(self, network: Any) -> None:
-        self.network, self.recorded, self.at = network, [], None
-
-    def __call__(self, x: Any) -> Any:
-        if self.at is None:
-            out = self.network(x).clone()
-            self.recorded.append(out)
-            return out
-        out = self.recorded[self.at % len(self.recorded)]
-        self.at += 1
-        return out
-
-
-def timed(function: Any, name: str, sign: float, stages: dict[str, float]) -> Any:
-    def wrapper(*a: Any, **k: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return function(*a, **k)
-        finally:
-            stages[name] = stages.get(name, 0.0) + sign * (time.perf_counter() - t0)
-    return wrapper
 
 
 if __name__ == "__main__":
