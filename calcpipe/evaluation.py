@@ -111,9 +111,9 @@ def evaluate(pred_scores: dict[tuple[str, str], float],
 
     result = Evaluation()
     demographics = demographics or {}
-    studies = sorted({k for k, _ in truth_scores} & {k for k, _ in pred_scores})
-    result.n_studies = len(studies)
     truth_keys, pred_keys = {k for k, _ in truth_scores}, {k for k, _ in pred_scores}
+    studies = sorted(truth_keys & pred_keys)
+    result.n_studies = len(studies)
     result.truth_only = sorted(truth_keys - pred_keys)
     result.prediction_only = sorted(pred_keys - truth_keys)
     for name in SCORE_NAMES:

@@ -377,7 +377,7 @@ def test_labelled_voxels_found_word_by_word_equal_the_slab_comparison():
     """One-byte label maps are searched eight labels at a time; the answer is the
     whole-volume comparison's, for any layout and size (the tail of a size that is not a
     multiple of 8 goes the slab way)."""
-    from calcpipe.scoring.engine import _candidates, _candidates_by_slab, _find, _find_by_slab
+    from calcpipe.scoring.engine import _find, _find_by_slab
 
     rng = np.random.default_rng(5)
     for case in range(200):
@@ -386,10 +386,10 @@ def test_labelled_voxels_found_word_by_word_equal_the_slab_comparison():
         hu = rng.integers(-200, 600, size=shape).astype(np.int16)
         labelled = rng.random(shape) < rng.uniform(0.0, 0.3)
         labels = (labelled * rng.integers(1, 8, size=shape)).astype(np.uint8)
-        expected = _candidates_by_slab(hu, labels, 130.0)
+        expected = _find_by_slab(hu, labels, 130.0)[0]
         for volume in (hu, np.asfortranarray(hu)):
-            np.testing.assert_array_equal(_candidates(volume, labels, 130.0), expected)
-        np.testing.assert_array_equal(_candidates(hu, labels.astype(np.int16), 130.0), expected)
+            np.testing.assert_array_equal(_find(volume, labels, 130.0)[0], expected)
+        np.testing.assert_array_equal(_find(hu, labels.astype(np.int16), 130.0)[0], expected)
         assert expected.size == np.count_nonzero((hu >= 130) & (labels > 0))
         present = np.unique(labels[labels > 0])  # at any HU
         np.testing.assert_array_equal(_find(hu, labels, 130.0)[1], present)

@@ -153,9 +153,8 @@ def result_id(study_key: str, fingerprint: str, pipeline_version: str, model_che
 
 def plan(
     headers: tuple[InstanceHeader, ...], provenance: Provenance, *,
-    committed: set[str], failed_attempts: Mapping[str, int],
+    committed: set[str], failed_attempts: Mapping[str, int], blocked: set[str],
     seen_fingerprints: set[tuple[str, str]], retry_failed: bool,
-    blocked: set[str] | None = None,
 ) -> Plan:
     """Decide what this run scores.
 
@@ -165,9 +164,8 @@ def plan(
         ``result_id`` values present in ``study_scores``.
     failed_attempts : mapping
         ``result_id`` -> failures rows already written for it (numbers the next attempt).
-    blocked : set of str, optional
-        ``result_id`` values whose failures stop a retry (default: every one in
-        ``failed_attempts``); see :data:`NOT_BLOCKING`.
+    blocked : set of str
+        ``result_id`` values whose failures stop a retry (see :data:`NOT_BLOCKING`).
     seen_fingerprints : set of (study_key, input_fingerprint)
         Already in the ``series`` table (their series rows are not written again).
     retry_failed : bool
@@ -175,7 +173,6 @@ def plan(
     """
     out = Plan()
     now = dt.datetime.now(dt.UTC)
-    blocking = set(failed_attempts) if blocked is None else blocked
     for study in group_studies(headers):
         out.studies_found += 1
         fp = input_fingerprint(study)
@@ -184,7 +181,7 @@ def plan(
         decision = select_series(study)
         if (study.study_key, fp) not in seen_fingerprints:
             out.series_rows.extend(series_rows(study, decision, fp, provenance.run_id))
-        if rid in committed or (rid in blocking and not retry_failed):
+        if rid in committed or (rid in blocked and not retry_failed):
             out.skipped += 1
             continue
         attempt = failed_attempts.get(rid, 0) + 1

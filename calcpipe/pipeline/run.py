@@ -334,17 +334,19 @@ class Run:
         predicate = f"result_id IN ({quoted(ids)})"
         if keep:
             predicate += f" AND concat(result_id, ':', run_id) NOT IN ({quoted(keep)})"
-        for name in RESULT_TABLES:
-            self.store.delete(name, predicate)
+        self._delete_result_rows(predicate)
 
     def _drop_own_rows(self, ids: list[str]) -> None:
         """Delete this run's result rows of these results, which have no marker: an
         earlier attempt of this run wrote them and died before its marker."""
         from calcpipe.tables.store import quoted
 
+        self._delete_result_rows(f"result_id IN ({quoted(ids)}) "
+                                 f"AND run_id = {quoted([self.run_id])}")
+
+    def _delete_result_rows(self, predicate: str) -> None:
         for name in RESULT_TABLES:
-            self.store.delete(name, f"result_id IN ({quoted(ids)}) "
-                                    f"AND run_id = {quoted([self.run_id])}")
+            self.store.delete(name, predicate)
 
     def _count_failures(self, codes: Counter[str]) -> None:
         self.counts.studies_failed += codes.total()

@@ -322,14 +322,10 @@ def _components(
     return rank[component]
 
 
-def _candidates(hu: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
-    """Flat indices (raster order) of labelled voxels at or above the threshold."""
-    return _find(hu, labels, threshold)[0]
-
-
 def _find(hu: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_candidates`, and the label values present at any HU (each gets its row, so
-    that the rows do not depend on HU).
+    """Flat indices (raster order) of labelled voxels at or above the threshold, and the
+    label values present at any HU (each gets its row, so that the rows do not depend on
+    HU).
 
     Labels are sparse: the labelled voxels are found first, the threshold checked only
     there. A one-byte label map is read eight labels at a time (as 64-bit words; a word
@@ -348,10 +344,6 @@ def _find(hu: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[np.ndar
     values = hu.reshape(-1)[flat] if hu.flags.c_contiguous else hu[np.unravel_index(flat,
                                                                                      hu.shape)]
     return flat[values >= threshold], present
-
-
-def _candidates_by_slab(hu: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
-    return _find_by_slab(hu, labels, threshold)[0]
 
 
 def _find_by_slab(

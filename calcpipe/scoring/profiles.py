@@ -64,15 +64,14 @@ class Profile:
     slice_stride: Literal["all", "non_overlapping"] = "all"
 
     def __post_init__(self) -> None:
-        pairs: list[tuple[object, object]] = []
+        table: dict[object, object]
         try:
-            pairs = [(kvp, hu) for kvp, hu in self.threshold_by_kvp_hu]
-        except (TypeError, ValueError):
-            pairs = [("not a pair", None)]
-        if not all(_real(v) for pair in pairs for v in pair):
+            table = {kvp: hu for kvp, hu in self.threshold_by_kvp_hu}
+        except (TypeError, ValueError):  # not pairs (a mapping's keys do not unpack)
+            table = {None: None}
+        if not all(_real(kvp) and _real(hu) for kvp, hu in table.items()):
             raise ScoringInputError("threshold_by_kvp_hu", self.threshold_by_kvp_hu,
                                     "must be (kVp, HU) pairs of numbers")
-        table = dict(self.threshold_by_kvp_hu)
         choices = {"unit": ("slice_component", "lesion_slice"), "slice_connectivity": (4, 8),
                    "lesion_connectivity": (6, 18, 26), "slice_factor": ("spacing", "thickness"),
                    "slice_stride": ("all", "non_overlapping")}

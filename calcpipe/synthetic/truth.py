@@ -121,9 +121,8 @@ def read_labels(path: str | Path) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np
 
 def labels_from_bytes(data: bytes) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
     """:func:`read_labels` of the bytes of a (gzipped) NIfTI file."""
-    import nibabel as nib
-
-    return _labels(nib.Nifti1Image.from_bytes(gzip.decompress(data)))
+    labels, affine, _ = labels_and_note_from_bytes(data)
+    return labels, affine
 
 
 def labels_and_note_from_bytes(data: bytes) -> tuple[npt.NDArray[np.uint8],
