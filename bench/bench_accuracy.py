@@ -140,7 +140,7 @@ def main() -> int:
         print(f"(real-scan checks skipped: {SHARED} absent)")
         return 0
     volume = load_volume(chest)
-    kvp = volume.metadata.kvp or 120
+    kvp = volume.scoring_kvp
     labels = segmenter.segment(volume.hu, volume.spacing_mm, kvp=kvp)
     scores = score(volume.hu, labels.labels, volume.spacing_mm)
     unruled = UNetSegmenter.load(args.model, thorax_rules=False,

@@ -85,7 +85,7 @@ def process(paths: list[Path], segmenter: UNetSegmenter,
     synchronised after segmenting)."""
     t0 = time.perf_counter()
     volume = load_volume(paths)
-    kvp = float(volume.metadata.kvp or 120.0)
+    kvp = volume.scoring_kvp
     t1 = time.perf_counter()
     seg = segmenter.segment(volume.hu, volume.spacing_mm, kvp=kvp)
     if stages is not None and segmenter.device.type == "cuda":

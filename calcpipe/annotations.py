@@ -347,7 +347,7 @@ def import_cohort(cohort: str | Path, annotations: str | Path, fmt: str, *,
             log(f"skipping study {key}: no {fmt} annotation")
             continue
         volume = load_study(root, study_key=key)
-        kvp = float(volume.metadata.kvp or 120.0)
+        kvp = volume.scoring_kvp
         if fmt == "osirix":
             labels = from_osirix(found, volume.hu, volume.affine, kvp=kvp)
         elif fmt == "colour":

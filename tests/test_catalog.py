@@ -188,3 +188,37 @@ def test_tables_read_under_any_folder_name(tmp_path):
     assert catalog.query("SELECT profile, count(*) FROM latest_study_scores GROUP BY 1 "
                          "ORDER BY 1").fetchall() == [("deepcac", 1), ("standard", 1)]
     assert catalog.query("SELECT * FROM runs").columns == arrow_schema("runs").names
+
+
+def test_an_output_folder_the_table_writer_cannot_use_is_refused_before_anything_runs(
+        tmp_path):
+    """delta-rs panics on a local path with '[' (an uncatchable-looking PanicException from
+    a worker) and decodes '%20' to a space, losing the table: each ASCII punctuation
+    character either keeps tables or is refused when the parameters are made."""
+    import string
+
+    import pyarrow as pa
+    from pydantic import ValidationError
+
+    from calcpipe.pipeline import ScoreParams
+    from calcpipe.tables.store import TableStore
+
+    table = pa.table({"a": [1]})
+    refused = []
+    for mark in [*sorted(set(string.punctuation) - {"/"}), "%41", "%2b", "\t"]:
+        out = str(tmp_path / f"o{mark}ut")
+        try:
+            ScoreParams(source=str(tmp_path), out=out)
+        except ValidationError as e:
+            assert "choose another folder" in str(e)
+            with pytest.raises(ValueError, match="choose another folder"):
+                TableStore(out)
+            refused.append(mark)
+            continue
+        from deltalake import DeltaTable, write_deltalake
+
+        uri = TableStore(out).uri("runs")  # the path the store writes to
+        for _ in range(2):
+            write_deltalake(uri, table, mode="append")
+        assert DeltaTable(uri).to_pyarrow_dataset().to_table().num_rows == 2, mark
+    assert refused == ["[", "\\", "]", "^", "|", "%41", "%2b", "\t"]

@@ -281,10 +281,10 @@ def test_sagittal_stack_with_cosine_noise_ascends_along_the_normal(make_series):
     assert volume.affine[:3, 0] @ normal == pytest.approx(3.0)
 
 
-def test_a_series_without_a_positive_kvp_is_flagged(make_series):
+def test_a_series_without_a_positive_kvp_is_flagged_and_scored_at_120(make_series):
     folder, _, files = make_series()
     assert not load_volume(folder).has_flag("kvp_missing")
-    for value in (None, "0"):
+    for value in (None, "0", "-100"):
         for path in files:
             ds = pydicom.dcmread(path)
             if value is None:
@@ -292,7 +292,9 @@ def test_a_series_without_a_positive_kvp_is_flagged(make_series):
             else:
                 ds.KVP = value
             ds.save_as(path)
-        assert load_volume(folder).has_flag("kvp_missing"), value
+        volume = load_volume(folder)
+        assert volume.has_flag("kvp_missing"), value
+        assert volume.scoring_kvp == 120.0, value
 
 
 @pytest.mark.parametrize("where", ["pixel length", "file meta group length"])

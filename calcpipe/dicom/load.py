@@ -284,7 +284,7 @@ def _assemble(reads: list[_Keyed], flags: list[QCFlag]) -> CTVolume:
         flags.append(QCFlag("rescale_rounded", "a non-integer rescale was rounded to whole HU"))
     metadata = scan_metadata(ds, slice_thickness_mm=thickness, slice_increment_mm=spacing_z,
                              pixel_spacing_mm=pixel_spacing)
-    if not (metadata.kvp and metadata.kvp > 0):  # scoring then takes 120 kVp's threshold
+    if not (metadata.kvp is not None and metadata.kvp > 0):  # see CTVolume.scoring_kvp
         flags.append(QCFlag("kvp_missing", f"KVP is {metadata.kvp!r}: scored at 120 kVp"))
     if metadata.contrast_agent:
         flags.append(QCFlag("contrast_agent",

@@ -72,6 +72,10 @@ class ScanMetadata:
     sop_class_uid: str | None
 
 
+#: The kVp scoring takes where the header has no positive KVP (flagged ``kvp_missing``).
+DEFAULT_KVP = 120.0
+
+
 @dataclass(frozen=True, eq=False)
 class CTVolume:
     """A CT series as a regular volume in Hounsfield units.
@@ -118,6 +122,13 @@ class CTVolume:
     def shape(self) -> tuple[int, int, int]:
         z, y, x = self.hu.shape
         return (z, y, x)
+
+    @property
+    def scoring_kvp(self) -> float:
+        """The kVp that scoring takes: the header's KVP where it is positive, else 120 (the
+        volume is then flagged ``kvp_missing``)."""
+        kvp = self.metadata.kvp
+        return float(kvp) if kvp is not None and kvp > 0 else DEFAULT_KVP
 
     def has_flag(self, code: str) -> bool:
         return any(f.code == code for f in self.qc_flags)

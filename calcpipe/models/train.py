@@ -409,7 +409,7 @@ def load_cohort(cohort: str | Path, config: TrainConfig,
         if labels.shape != volume.hu.shape:
             raise ValueError(f"truth {truth_file} has shape {labels.shape}, the chosen series "
                              f"{volume.hu.shape}")
-        studies.append((key, volume.hu, labels, volume.spacing_mm, volume.metadata.kvp or 120.0))
+        studies.append((key, volume.hu, labels, volume.spacing_mm, volume.scoring_kvp))
     return studies
 
 

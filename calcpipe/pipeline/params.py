@@ -61,6 +61,15 @@ class ScoreParams(BaseModel):
             raise ValueError("must be a path or URL")
         return value if "://" in value else os.path.abspath(value)
 
+    @field_validator("out")
+    @classmethod
+    def _writable(cls, value: str) -> str:
+        from calcpipe.tables.store import check_local_root
+
+        if "://" not in value or value.startswith("file://"):
+            check_local_root(value.removeprefix("file://"))
+        return value
+
     @field_validator("profile")
     @classmethod
     def _profile(cls, value: str) -> str:

@@ -157,8 +157,7 @@ def score_study(
     stage = "score"
     try:
         volume, patient_id = load_series(item, storage_options)
-        tag = volume.metadata.kvp
-        kvp = float(tag) if tag is not None and tag > 0 else 120.0  # else flagged kvp_missing
+        kvp = volume.scoring_kvp
         if segmenter is None:
             labels = stored_mask_for(item, provenance, out_root, storage_options)
             if labels.shape != volume.hu.shape:

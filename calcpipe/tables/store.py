@@ -10,6 +10,7 @@ unreferenced files behind until they are vacuumed.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,21 @@ def delta_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str
     return out
 
 
+#: Characters of a local folder's path that delta-rs (deltalake 1.x) cannot write under: it
+#: parses the path as a URL, panicking on these and decoding ``%XX`` (measured with each
+#: ASCII punctuation character; ``tests/test_tables.py``).
+_UNWRITABLE = re.compile(r"[\[\]^|\\]|%[0-9A-Fa-f]{2}|[\x00-\x1f]")
+
+
+def check_local_root(path: str) -> None:
+    """Raises ValueError where the tables cannot be kept under local folder ``path``."""
+    found = _UNWRITABLE.search(path)
+    if found:
+        raise ValueError(f"the output folder {path!r} contains {found.group()!r}: Delta Lake's "
+                         "writer cannot keep tables under a path with [ ] ^ | \\, a control "
+                         "character or %XX; choose another folder")
+
+
 def join(root: str, *parts: str) -> str:
     """``root/part/...`` for a path or URL."""
     return "/".join([root.rstrip("/"), *parts])
@@ -59,6 +75,8 @@ class TableStore:
             root = os.path.abspath(root)
         elif root.startswith("file://"):
             root = root[len("file://"):]
+        if "://" not in root:
+            check_local_root(root)
         self.root = root.rstrip("/")
         self.storage_options = dict(storage_options or {})
         self._delta_options = delta_storage_options(storage_options)
