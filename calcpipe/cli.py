@@ -420,8 +420,13 @@ def export_seg(
     from calcpipe.pipeline.params import secret_from_env
     from calcpipe.seg import export_masks
 
-    written = export_masks(out, source, dest, secret=secret_from_env(), profile=profile)
+    written, replaced = export_masks(out, source, dest, secret=secret_from_env(),
+                                     profile=profile)
     typer.echo(f"{len(written)} DICOM SEG files in {dest}")
+    if replaced:
+        typer.echo(f"{len(replaced)} studies left out: their mask was replaced by another "
+                   "model's or other inputs' segmentation since their result (score them "
+                   "again): " + ", ".join(replaced[:10]) + (" ..." if len(replaced) > 10 else ""))
 
 
 @app.command()

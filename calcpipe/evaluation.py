@@ -56,6 +56,8 @@ class Evaluation:
     prediction_only: list[str] = field(default_factory=list)  # scores without truth
     labels_without_prediction: list[str] = field(default_factory=list)
     predictions_without_labels: list[str] = field(default_factory=list)
+    #: results whose study's stored mask another model or other inputs made (no Dice)
+    masks_not_of_result: list[str] = field(default_factory=list)
     truth_scores_missing: int = 0  # truth rows without a number
 
 
@@ -215,7 +217,10 @@ def format_unmatched(result: Evaluation, shown: int = 20) -> list[str]:
                        ("truth label maps without a prediction",
                         result.labels_without_prediction),
                        ("predictions without a truth label map",
-                        result.predictions_without_labels)):
+                        result.predictions_without_labels),
+                       ("predictions whose mask another model or other inputs have "
+                        "replaced since (score them again for their Dice)",
+                        result.masks_not_of_result)):
         if keys:
             more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
             lines.append(f"- {len(keys)} {what}: " + ", ".join(keys[:shown]) + more)
@@ -296,7 +301,7 @@ def run_evaluation(pred: str, truth: Path, report: Path, *,
 
     from calcpipe.catalog import open_catalog
     from calcpipe.metrics import dice_per_class
-    from calcpipe.pipeline.work import read_mask
+    from calcpipe.pipeline.work import result_mask
     from calcpipe.synthetic.truth import read_labels
 
     catalog = open_catalog(pred)
@@ -304,9 +309,12 @@ def run_evaluation(pred: str, truth: Path, report: Path, *,
     pred_scores = {(k, n): float(a) for k, n, a in con.execute(
         "SELECT study_key, name, agatston FROM latest_vessel_scores WHERE profile = ?",
         [profile]).fetchall()}
-    demographics = {k: (age, sex) for k, age, sex in con.execute(
-        "SELECT study_key, age_years, sex FROM latest_study_scores WHERE profile = ?",
-        [profile]).fetchall()}
+    made = {}  # each result's model checksum and input fingerprint: its mask's origin
+    demographics = {}
+    for k, age, sex, checksum, fingerprint in con.execute(
+            "SELECT study_key, age_years, sex, model_checksum, input_fingerprint FROM "
+            "latest_study_scores WHERE profile = ?", [profile]).fetchall():
+        demographics[k], made[k] = (age, sex), (checksum, fingerprint)
     labels = truth_labels_dir(truth)
     has_scores = truth_scores_path(truth) is not None
     if labels is None and not has_scores:
@@ -315,12 +323,17 @@ def run_evaluation(pred: str, truth: Path, report: Path, *,
     truth_scores, empty = read_truth_scores(truth) if has_scores else ({}, 0)
     dice = None
     label_keys: set[str] = set()
+    masks_missing: list[str] = []
     if labels is not None:
         dice = {}
         label_keys = {p.name[:-len(".nii.gz")] for p in labels.glob("*.nii.gz")}
         for study in sorted(label_keys & set(demographics)):
+            mask = result_mask(pred, None, study, *made[study])
+            if mask is None:
+                masks_missing.append(study)
+                continue
             truth_map, _ = read_labels(labels / f"{study}.nii.gz")
-            dice[study] = dice_per_class(truth_map, read_mask(pred, None, study))
+            dice[study] = dice_per_class(truth_map, mask)
     result = evaluate(pred_scores, truth_scores, dice, demographics)
     result.truth_scores_missing = empty
     if not has_scores:
@@ -328,6 +341,7 @@ def run_evaluation(pred: str, truth: Path, report: Path, *,
     if labels is not None:
         result.labels_without_prediction = sorted(label_keys - set(demographics))
         result.predictions_without_labels = sorted(set(demographics) - label_keys)
+        result.masks_not_of_result = masks_missing
     report.mkdir(parents=True, exist_ok=True)
     if result.dice:
         pq.write_table(pa.Table.from_pylist(result.dice), report / "dice.parquet")

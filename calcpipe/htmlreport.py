@@ -116,12 +116,15 @@ def write_html_report(out: str, source: str, dest: str | Path, *, truth: Path | 
     from calcpipe.dicom import load_volume
     from calcpipe.ingest.study import chosen_series
     from calcpipe.pipeline.report import cohort_summary
-    from calcpipe.pipeline.work import read_mask
+    from calcpipe.pipeline.work import result_mask
 
     con = open_catalog(out).connect()
-    studies = con.execute(
-        "SELECT study_key, cac_agatston, segmentation_confidence FROM latest_study_scores "
-        "WHERE profile = ? ORDER BY study_key", [profile]).fetchall()
+    rows = con.execute(
+        "SELECT study_key, cac_agatston, segmentation_confidence, model_checksum, "
+        "input_fingerprint FROM latest_study_scores WHERE profile = ? ORDER BY study_key",
+        [profile]).fetchall()
+    studies = [row[:3] for row in rows]
+    made = {row[0]: row[3:] for row in rows}  # each result's mask origin
     cohort = cohort_summary(out, None, profile)
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>calcpipe report</title><style>{_STYLE}</style></head><body>",
@@ -200,17 +203,34 @@ def write_html_report(out: str, source: str, dest: str | Path, *, truth: Path | 
     parts.append(f"<h2>QC gallery</h2><p>{why}; <span class='legend'>{legend}</span></p>"
                  "<div class='gallery'>")
     found = chosen_series(source, secret=secret)
-    for key, cac, confidence in order[:gallery]:
+    shown, not_found, replaced = 0, 0, 0
+    for key, cac, confidence in order:
+        if shown == gallery:
+            break
         if key not in found:
+            not_found += 1
             continue
+        mask = result_mask(out, None, key, *made[key])
+        if mask is None:  # another model's or other inputs' mask: not this result's
+            replaced += 1
+            continue
+        shown += 1
         volume = load_volume(list(found[key]))
-        src = _gallery_image(volume.hu, read_mask(out, None, key))
+        src = _gallery_image(volume.hu, mask)
         note = (f"CAC {cac:.1f} AU" + (f", truth differs by {disagreement[key]:.1f}"
                                        if key in disagreement else "")
                 + (f", confidence {confidence:.3f}" if confidence is not None else ""))
         parts.append(f"<div class='card'><img alt='slices with calcium' src='{src}'>"
                      f"<div>{html.escape(key[-16:])}: {html.escape(note)}</div></div>")
-    parts.append("</div></body></html>")
+    parts.append("</div>")
+    if not_found or replaced:
+        parts.append("<p>Left out of the gallery: " + ", ".join(
+            text for n, text in (
+                (not_found, f"{not_found} studies not found under the source (another "
+                            "folder, or another pseudonymisation key)"),
+                (replaced, f"{replaced} studies whose mask another model or other inputs "
+                           "have replaced since")) if n) + ".</p>")
+    parts.append("</body></html>")
     target = Path(dest)
     target.mkdir(parents=True, exist_ok=True)
     (target / "index.html").write_text("".join(parts), encoding="utf-8")

@@ -136,27 +136,34 @@ def from_seg(path: str | os.PathLike[str], series_uid: str,
 
 
 def export_masks(out: str, source: str, dest: str | os.PathLike[str], *,
-                 secret: bytes | None = None, profile: str = "standard") -> list[str]:
+                 secret: bytes | None = None, profile: str = "standard",
+                 ) -> tuple[list[str], list[str]]:
     """Write one SEG per study with a stored mask (latest results under ``profile``) into
-    ``dest``, named ``<study_key>.seg.dcm``; the source must be a local folder."""
+    ``dest``, named ``<study_key>.seg.dcm``; the source must be a local folder. Returns
+    the files written and the study keys left out because their stored mask is not their
+    result's (another model or other inputs have segmented the study since)."""
     from pathlib import Path
 
     from calcpipe.catalog import open_catalog
     from calcpipe.dicom import load_volume
     from calcpipe.ingest.study import chosen_series
-    from calcpipe.pipeline.work import read_mask
+    from calcpipe.pipeline.work import result_mask
 
-    wanted = {k for (k,) in open_catalog(out).connect().execute(
-        "SELECT study_key FROM latest_study_scores WHERE profile = ?", [profile]).fetchall()}
+    wanted = {k: made for k, *made in open_catalog(out).connect().execute(
+        "SELECT study_key, model_checksum, input_fingerprint FROM latest_study_scores "
+        "WHERE profile = ?", [profile]).fetchall()}
     target = Path(dest)
     target.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, replaced = [], []
     for key, urls in chosen_series(source, secret=secret).items():
         if key not in wanted:
             continue
+        labels = result_mask(out, None, key, *wanted[key])
+        if labels is None:
+            replaced.append(key)
+            continue
         volume = load_volume(list(urls))
-        labels = read_mask(out, None, key)
         path = target / f"{key}.seg.dcm"
         to_seg(volume.source_files, labels, secret=secret).save_as(path)
         written.append(str(path))
-    return written
+    return written, replaced

@@ -247,6 +247,35 @@ def test_a_model_is_known_by_its_weights_and_rescore_uses_only_its_own_masks(poo
     assert run(second, rescore=True, profile="deepcac")["studies_scored"] == 2
 
 
+def test_evaluation_report_and_seg_export_use_only_a_result_s_own_mask(pool, tmp_path):
+    """A study keeps one mask, its latest segmentation's: after another model scored it
+    under another profile, the first model's results have no mask of their own, and
+    Dice, the QC gallery and the SEG export leave them out instead of showing the other
+    model's labels under their name."""
+    from calcpipe.evaluation import run_evaluation
+    from calcpipe.htmlreport import write_html_report
+    from calcpipe.seg import export_masks
+
+    first, second = _checkpoints(tmp_path)
+    src, out = cohort(pool, tmp_path / "src", [0, 1]), str(tmp_path / "out")
+    shutil.copytree(pool / "_truth", src / "_truth")
+    run_single_process(ScoreParams(source=str(src), out=out, model=first))
+    ok = run_evaluation(out, src / "_truth", tmp_path / "ev0")
+    assert len({r["study_key"] for r in ok.dice}) == 2 and not ok.masks_not_of_result
+    assert len(export_masks(out, str(src), tmp_path / "seg0")[0]) == 2
+    run_single_process(ScoreParams(source=str(src), out=out, model=second, profile="deepcac"))
+    result = run_evaluation(out, src / "_truth", tmp_path / "ev")
+    keys = sorted(r["study_key"] for r in rows(out, "study_scores") if r["profile"] == "deepcac")
+    assert result.masks_not_of_result == keys and not result.dice
+    assert "whose mask another model" in (tmp_path / "ev" / "evaluation.md").read_text()
+    assert export_masks(out, str(src), tmp_path / "seg") == ([], keys)
+    page = write_html_report(out, str(src), tmp_path / "html").read_text()
+    assert "<img" not in page and "2 studies whose mask another model" in page
+    # the second model's own results (deepcac) still have theirs
+    own = run_evaluation(out, src / "_truth", tmp_path / "ev2", profile="deepcac")
+    assert {r["study_key"] for r in own.dice} == set(keys)
+
+
 def test_many_plan_partitions_and_read_tasks_give_the_rows_of_one(pool, tmp_path,
                                                                  monkeypatch):
     """Index in tasks of 7 objects and plan in one partition per 20 objects (4 studies,

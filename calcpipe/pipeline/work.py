@@ -104,6 +104,26 @@ def read_mask_and_origin(out_root: str, storage_options: Mapping[str, Any] | Non
     return labels, None if note is None else json.loads(note)
 
 
+def made_by(origin: Mapping[str, str] | None, model_checksum: str,
+            input_fingerprint: str) -> bool:
+    """Whether a mask that records ``origin`` was made by that model from those inputs."""
+    return origin is not None and origin.get("model_checksum") == model_checksum and (
+        origin.get("input_fingerprint") == input_fingerprint)
+
+
+def result_mask(out_root: str, storage_options: Mapping[str, Any] | None, study_key: str,
+                model_checksum: str, input_fingerprint: str) -> np.ndarray | None:
+    """The mask of a result (its ``study_key``, ``model_checksum`` and
+    ``input_fingerprint``), or None where the study has no mask or its mask was made by
+    another model or from other inputs: a study keeps one mask, its latest segmentation's,
+    and another result's mask under this result's name would be wrong."""
+    try:
+        labels, origin = read_mask_and_origin(out_root, storage_options, study_key)
+    except FileNotFoundError:
+        return None
+    return labels if made_by(origin, model_checksum, input_fingerprint) else None
+
+
 def stored_mask_for(item: StudyItem, provenance: Provenance, out_root: str,
                     storage_options: Mapping[str, Any] | None) -> np.ndarray:
     """The stored mask of ``item``, refused (``no_stored_mask``) unless this model made it
@@ -112,9 +132,7 @@ def stored_mask_for(item: StudyItem, provenance: Provenance, out_root: str,
     from calcpipe.errors import CalcpipeError
 
     labels, origin = read_mask_and_origin(out_root, storage_options, item.study_key)
-    wanted = mask_origin(item, provenance)
-    if origin is None or any(origin.get(k) != wanted[k]
-                             for k in ("model_checksum", "input_fingerprint")):
+    if not made_by(origin, provenance.model_checksum, item.input_fingerprint):
         made = "records no model" if origin is None else (
             f"was made by model {origin.get('model_id')!r} (checksum "
             f"{str(origin.get('model_checksum'))[:12]}) from "
