@@ -39,6 +39,39 @@ def test_files_found_by_content_and_skipped_paths(tmp_path):
     assert [(Path(s.url).name, s.code) for s in scan.skipped] == [("notes.txt", "not_dicom")]
 
 
+def _corrupt(path: Path, tag: int, raw: str) -> None:
+    """Writes the text ``raw`` as the value of ``tag`` in implicit VR, so that it is read
+    back with the tag's dictionary VR, as a corrupt file's would be."""
+    from pydicom import config
+    from pydicom.dataelem import DataElement
+
+    ds = pydicom.dcmread(path)
+    ds[tag] = DataElement(tag, "LO", raw)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    mode = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        ds.save_as(path, implicit_vr=True, little_endian=True)
+    finally:
+        config.settings.writing_validation_mode = mode
+
+
+@pytest.mark.parametrize("tag, raw", [
+    (0x00280008, "abc"),  # NumberOfFrames not a number
+    (0x00280008, "-3"),  # negative
+    (0x00280008, "300000"),  # more frames than the file has bytes of pixels
+    (0x00189070, "0"),  # CardiacRRIntervalSpecified (FD): two bytes, not eight
+])
+def test_a_corrupt_header_is_skipped_and_the_other_studies_found(tmp_path, tag, raw):
+    _write(tmp_path / "good", study_uid="1.2.3.1", series_uid="1.2.3.1.1")
+    bad = _write(tmp_path / "bad", study_uid="1.2.3.2", series_uid="1.2.3.2.1")
+    _corrupt(bad[1], tag, raw)
+    found = discover(tmp_path)
+    assert [c.study.study_key for c in found.studies] == ["1.2.3.1", "1.2.3.2"]
+    assert [(Path(s.url).name, s.code) for s in found.skipped] == [
+        (bad[1].name, "invalid_attribute")]
+
+
 def test_header_rows_carry_version_facts_and_no_identifiers(tmp_path):
     files = _write(tmp_path / "s")
     (header, *_) = scan_headers(tmp_path).headers

@@ -16,7 +16,8 @@ class DicomInputError(DicomError):
 
     Codes: ``empty_file``, ``not_dicom``, ``unreadable``, ``truncated``, ``not_ct``,
     ``no_pixel_data``, ``missing_attribute``, ``mixed_series``, ``no_files``,
-    ``series_not_found``, ``several_studies``, ``no_eligible_series``.
+    ``series_not_found``, ``several_studies``, ``no_eligible_series``,
+    ``invalid_attribute``.
     """
 
 

@@ -398,9 +398,27 @@ def _decode(
             fix="re-copy the file; it is probably truncated or corrupt" if truncated else
             "check the file with gdcminfo/dciodvfy and re-export it",
         ) from e
-    if int(ds.get("NumberOfFrames", 1) or 1) == 1:
+    if frame_count(ds, name) == 1:
         pixels = pixels[np.newaxis]  # pydicom drops the frame axis of single-frame images
     return pixels, None
+
+
+def frame_count(ds: Dataset, name: str, pixel_bytes: int | None = None) -> int:
+    """``NumberOfFrames`` (1 where absent), refused (``invalid_attribute``) unless it is a
+    positive whole number that ``pixel_bytes`` of pixel data could hold (a frame takes at
+    least one byte): a tiny file claiming millions of frames would otherwise cost time and
+    memory in proportion to the claim."""
+    raw = ds.get("NumberOfFrames", 1)
+    try:
+        count = int(raw or 1)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1 or (pixel_bytes is not None and count > max(pixel_bytes, 1)):
+        held = "" if pixel_bytes is None else f" in a file with {pixel_bytes} bytes of pixels"
+        raise DicomInputError(f"NumberOfFrames is {raw!r}{held}", code="invalid_attribute",
+                              path=name, attribute="NumberOfFrames",
+                              fix="re-export the file; its header is corrupt")
+    return count
 
 
 def _decode_native(ds: Dataset, name: str) -> npt.NDArray[Any] | None:
@@ -413,7 +431,7 @@ def _decode_native(ds: Dataset, name: str) -> npt.NDArray[Any] | None:
     if int(ds.get("BitsAllocated", 0)) != 16 or "PixelData" not in ds:
         return None
     rows, columns = int(ds.Rows), int(ds.Columns)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = frame_count(ds, name)
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     bits = int(ds.get("BitsStored", 16))
     data = ds.PixelData

@@ -132,10 +132,13 @@ def _header(
         if parsed is None:
             raise DicomInputError("the header could not be parsed", code="truncated",
                                   path=url)
+        return instance_header(parsed.dataset, data[:parsed.pixel_offset], url=url,
+                               size_bytes=size, etag=_etag(info), mtime=_mtime(info))
     except DicomInputError as e:
         return SkippedFile(url, e.code, e.message)
-    return instance_header(parsed.dataset, data[:parsed.pixel_offset], url=url,
-                           size_bytes=size, etag=_etag(info), mtime=_mtime(info))
+    except Exception as e:  # noqa: BLE001 - one corrupt header must not end the scan
+        return SkippedFile(url, "invalid_attribute",
+                           f"the header cannot be interpreted: {type(e).__name__}: {e}")
 
 
 def _url(fs: Any, path: str) -> str:

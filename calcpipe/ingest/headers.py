@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pydicom.dataset import Dataset
 
 from calcpipe.dicom.errors import DicomInputError
-from calcpipe.dicom.frames import frame_geometry, is_enhanced
+from calcpipe.dicom.frames import frame_count, frame_geometry, is_enhanced
 from calcpipe.dicom.load import series_key, study_key
 from calcpipe.dicom.metadata import find, scan_metadata
 from calcpipe.keys import derived_uid
@@ -144,7 +144,7 @@ def instance_header(
     url, size_bytes, etag, mtime
         Where the file is and what identifies its version (see :class:`InstanceHeader`).
     """
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = frame_count(ds, url, pixel_bytes=max(size_bytes - len(header), 0))
     multi = n_frames > 1 or is_enhanced(ds)
     geometries, problem = [], None
     try:
