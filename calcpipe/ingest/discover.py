@@ -136,7 +136,7 @@ def _header(
                                size_bytes=size, etag=_etag(info), mtime=_mtime(info))
     except DicomInputError as e:
         return SkippedFile(url, e.code, e.message)
-    except Exception as e:  # noqa: BLE001 - one corrupt header must not end the scan
+    except Exception as e:  # one corrupt header must not end the scan
         return SkippedFile(url, "invalid_attribute",
                            f"the header cannot be interpreted: {type(e).__name__}: {e}")
 
