@@ -43,6 +43,9 @@ def _decide(root: Path):
     ({"extra": {"BodyPartExamined": "HEAD"}}, "body_part"),
     ({"extra": {"ContrastBolusAgent": "IOPAMIDOL"}}, "no_contrast"),
     ({"slices": 1}, "geometry"),
+    ({"extra": {"SeriesDescription": "Topogram 0.6 T20f"}, "slices": 2}, "image_kind"),
+    ({"extra": {"ImageType": ["DERIVED", "SECONDARY", "AXIAL", "MIP"]}}, "image_kind"),
+    ({"extra": {"SeriesDescription": "Patient Protocol"}}, "image_kind"),
 ])
 def test_hard_rules_reject(tmp_path, bad, rule):
     _series(tmp_path, 1)
@@ -63,8 +66,15 @@ def test_geometry_rule_names_the_missing_slice(tmp_path):
     assert verdict.rules == ("geometry",) and "missing_slice" in verdict.reasons[0]
 
 
-@pytest.mark.parametrize("extra", [{"BodyPartExamined": ""}, {"ContrastBolusAgent": "NONE"},
-                                   {"BodyPartExamined": "CARDIAC"}])
+@pytest.mark.parametrize("extra", [
+    {"BodyPartExamined": ""}, {"BodyPartExamined": "CARDIAC"},
+    *({"ContrastBolusAgent": text} for text in ("NONE", "NO CONTRAST", "Non-contrast",
+                                                "NONE GIVEN", "N/A", "0", "-", "NIL")),
+    # a low-dose scan is no dose report; a stack named after its topogram no localizer
+    {"SeriesDescription": "CaSc LOW DOSE 3.0 B35f"}, {"SeriesDescription": "Topogram-based Ca"},
+    {"SeriesDescription": "CaSc (see topogram)"},
+    # a derived axial CT image stack (a workstation's reconstruction) is slices in HU
+    {"ImageType": ["DERIVED", "SECONDARY", "AXIAL"]}])
 def test_hard_rules_accept(tmp_path, extra):
     _series(tmp_path, 1, extra=extra)
     assert _decide(tmp_path).chosen == f"{STUDY}.1"

@@ -7,6 +7,7 @@ looks at the top level first, then inside the shared and first per-frame groups.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -98,6 +99,15 @@ def _gating(ds: Dataset) -> Gating:
     )
 
 
+#: ContrastBolusAgent texts that say no agent was given, in the words archives use
+_NO_AGENT = re.compile(r"(NONE|NO|NIL|N/?A|0|-+|NON[- ]?CONTRAST|NO[- ]CONTRAST|"
+                       r"WITHOUT CONTRAST|NONE GIVEN|NOT GIVEN|NATIVE)")
+
+
+def _says_none(text: str) -> bool:
+    return _NO_AGENT.fullmatch(" ".join(text.upper().replace(".", " ").split())) is not None
+
+
 def _contrast_from_codes(ds: Dataset) -> str | None:
     """Enhanced images code the agent in ContrastBolusAgentSequence instead of text."""
     items = ds.get("ContrastBolusAgentSequence") or []
@@ -132,7 +142,7 @@ def scan_metadata(
         slice_increment_mm=slice_increment_mm,
         pixel_spacing_mm=pixel_spacing_mm,
         reconstruction_diameter_mm=_number(find(ds, "ReconstructionDiameter")),
-        contrast_agent=contrast if contrast and contrast.upper() not in {"NONE", "NO"} else None,
+        contrast_agent=None if contrast is None or _says_none(contrast) else contrast,
         gating=_gating(ds),
         image_type=tuple(str(v) for v in (find(ds, "ImageType") or ())),
         body_part=_text(find(ds, "BodyPartExamined")),

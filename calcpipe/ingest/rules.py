@@ -31,8 +31,14 @@ THICKNESS_TOLERANCE_MM = 0.01
 
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 _STRUCTURED_REPORT = "1.2.840.10008.5.1.4.1.1.88."
-_REFORMAT_WORDS = frozenset({"MPR", "REFORMATTED", "MIP", "MINIP", "MINIMUM", "MAXIMUM",
-                             "VRT", "VOLUME", "CURVED", "PROJECTION IMAGE", "CPR"})
+_REFORMAT_WORDS = frozenset({"MPR", "REFORMATTED", "CURVED", "CPR"})
+_PROJECTION_WORDS = frozenset({"MIP", "MINIP", "MINIMUM", "MAXIMUM", "VRT", "VOLUME",
+                               "PROJECTION IMAGE"})
+#: Series description words of localizers (Siemens, GE, Philips, Canon)
+_LOCALIZER_WORDS = frozenset({"TOPOGRAM", "SCOUT", "SURVIEW", "SCANOGRAM", "LOCALIZER"})
+#: Series description phrases of dose reports ("LOW DOSE" is a scan, not a report)
+_DOSE_PHRASES = ("DOSE REPORT", "DOSE INFO", "DOSE SUMMARY", "RADIATION DOSE",
+                 "PATIENT PROTOCOL", "EXPOSURE REPORT")
 
 
 @dataclass(frozen=True)
@@ -62,15 +68,24 @@ def _modality(s: SeriesSummary) -> Finding:
 def _image_kind(s: SeriesSummary) -> Finding:
     kinds = set(s.image_type)
     description = (s.series_description or "").upper()
-    if "LOCALIZER" in kinds or "SCOUT" in kinds or "TOPOGRAM" in description:
+    words = set(description.replace("_", " ").split())
+    # a description names a localizer only for a series of a few images: "Topogram-based
+    # CaSc" or "CaSc (see scout)" describes a stack
+    if "LOCALIZER" in kinds or "SCOUT" in kinds or (
+            words & _LOCALIZER_WORDS and s.n_slices <= 3):
         return Finding(False, "a localizer (ImageType LOCALIZER)")
-    if s.sop_class_uid.startswith(_STRUCTURED_REPORT) or "DOSE" in description.split():
+    if s.sop_class_uid.startswith(_STRUCTURED_REPORT) or any(
+            phrase in description for phrase in _DOSE_PHRASES):
         return Finding(False, "a dose report")
-    if s.sop_class_uid.startswith(_SECONDARY_CAPTURE) or "SECONDARY" in kinds or (
-            "SCREEN SAVE" in kinds):
+    # a DERIVED\SECONDARY CT image is a stack of HU images all the same (ranked below
+    # originals); the Secondary Capture object is a picture
+    if s.sop_class_uid.startswith(_SECONDARY_CAPTURE) or "SCREEN SAVE" in kinds:
         return Finding(False, "a secondary capture")
     if not s.has_pixel_data:
         return Finding(False, "no pixel data (a report or presentation object)")
+    projection = kinds & _PROJECTION_WORDS
+    if projection:  # a slab's maximum or a rendering is not the HU of the slice
+        return Finding(False, f"a projection ({', '.join(sorted(projection))}), not slices")
     reformat = kinds & _REFORMAT_WORDS
     not_axial = s.axial_angle_deg is None or s.axial_angle_deg > AXIAL_TOLERANCE_DEG
     if "DERIVED" in kinds and reformat and not_axial:
