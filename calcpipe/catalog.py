@@ -156,8 +156,16 @@ class Catalog:
 
 def open_catalog(root: str | os.PathLike[str],
                  storage_options: Mapping[str, Any] | None = None) -> Catalog:
-    """The catalog of an output location (path or URL) written by ``calcpipe score``."""
-    return Catalog(root, storage_options)
+    """The catalog of an output location (path or URL) written by ``calcpipe score``;
+    FileNotFoundError where it holds no tables (a wrong path would read as no results)."""
+    from calcpipe.ingest.discover import open_filesystem
+
+    catalog = Catalog(root, storage_options)
+    fs, tables = open_filesystem(join(catalog.store.root, "tables"), storage_options)
+    if not fs.isdir(tables):
+        raise FileNotFoundError(f"no calcpipe output at {os.fspath(root)} (no tables/ folder): "
+                                "check --out, or run calcpipe score first")
+    return catalog
 
 
 if __name__ == "__main__":  # regenerate the template

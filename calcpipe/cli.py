@@ -18,6 +18,37 @@ app = typer.Typer(
 )
 
 
+def main() -> None:
+    """The ``calcpipe`` console script: the commands, with any error they end in printed as
+    one line and exit status 1 (``CALCPIPE_DEBUG=1`` shows the traceback instead)."""
+    import os
+    import sys
+
+    try:
+        app()
+    except Exception as e:
+        if os.environ.get("CALCPIPE_DEBUG"):
+            raise
+        sys.stderr.write(f"calcpipe: error: {one_line(e)}\n"
+                         "(CALCPIPE_DEBUG=1 shows the traceback)\n")
+        sys.exit(1)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line a user can act on."""
+    from pydantic import ValidationError
+
+    from calcpipe.errors import CalcpipeError
+
+    if isinstance(e, ValidationError):
+        return "; ".join(f"{'.'.join(str(x) for x in err['loc']) or 'value'}: "
+                         f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors())
+    if isinstance(e, CalcpipeError):
+        return f"[{e.code}] {e.message}" + (f" (fix: {e.fix})" if e.fix else "")
+    text = " ".join(str(e).split()) or "(no message)"
+    return f"{type(e).__name__}: {text}"
+
+
 @app.command()
 def version() -> None:
     """Print the calcpipe version."""
@@ -302,7 +333,10 @@ def score(
             device=device, precision=precision, rescore=rescore, retry_failed=retry_failed,
             plan_only=plan_only, storage_options=options)
     except ValidationError as e:
-        console.print(f"[red]invalid parameters[/red]\n{e}")
+        from rich.markup import escape
+
+        console.print(f"[red]invalid parameters:[/red] {escape(one_line(e))}",
+                      highlight=False)
         raise typer.Exit(2) from None
     if single_process:
         from calcpipe.pipeline import run_single_process

@@ -10,6 +10,7 @@ summary and a DuckDB query, and compare the scores with the cohort's truth.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from rich.console import Console
@@ -29,6 +30,7 @@ def run_demo(out: Path, console: Console, *, studies: int = 20, matrix: int = 25
     cohort = out / "cohort"
     if not (cohort / "_truth" / "scores.parquet").exists():
         console.rule(f"1. Synthesising {studies} cardiac CT studies ({matrix}x{matrix})")
+        shutil.rmtree(cohort, ignore_errors=True)  # the demo's own, cut short before
         write_cohort(cohort, studies=studies, seed=2026, matrix=matrix, workers=workers)
     else:
         console.rule(f"1. Synthetic cohort already in {cohort}")

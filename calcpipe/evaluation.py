@@ -302,8 +302,10 @@ def run_evaluation(pred: str, truth: Path, report: Path, *,
     from calcpipe.catalog import open_catalog
     from calcpipe.metrics import dice_per_class
     from calcpipe.pipeline.work import result_mask
+    from calcpipe.scoring import get_profile
     from calcpipe.synthetic.truth import read_labels
 
+    get_profile(profile)  # KeyError naming the profiles: not an empty result
     catalog = open_catalog(pred)
     con = catalog.connect()
     pred_scores = {(k, n): float(a) for k, n, a in con.execute(

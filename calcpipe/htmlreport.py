@@ -117,7 +117,9 @@ def write_html_report(out: str, source: str, dest: str | Path, *, truth: Path | 
     from calcpipe.ingest.study import chosen_series
     from calcpipe.pipeline.report import cohort_summary
     from calcpipe.pipeline.work import result_mask
+    from calcpipe.scoring import get_profile
 
+    get_profile(profile)  # KeyError naming the profiles: not an empty result
     con = open_catalog(out).connect()
     rows = con.execute(
         "SELECT study_key, cac_agatston, segmentation_confidence, model_checksum, "

@@ -148,7 +148,9 @@ def export_masks(out: str, source: str, dest: str | os.PathLike[str], *,
     from calcpipe.dicom import load_volume
     from calcpipe.ingest.study import chosen_series
     from calcpipe.pipeline.work import result_mask
+    from calcpipe.scoring import get_profile
 
+    get_profile(profile)  # KeyError naming the profiles: not an empty result
     wanted = {k: made for k, *made in open_catalog(out).connect().execute(
         "SELECT study_key, model_checksum, input_fingerprint FROM latest_study_scores "
         "WHERE profile = ?", [profile]).fetchall()}

@@ -222,3 +222,68 @@ def test_an_output_folder_the_table_writer_cannot_use_is_refused_before_anything
             write_deltalake(uri, table, mode="append")
         assert DeltaTable(uri).to_pyarrow_dataset().to_table().num_rows == 2, mark
     assert refused == ["[", "\\", "]", "^", "|", "%41", "%2b", "\t"]
+
+
+def _main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """The console script's exit status and output."""
+    from calcpipe.cli import main
+
+    monkeypatch.setattr("sys.argv", ["calcpipe", *args])
+    monkeypatch.delenv("CALCPIPE_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as ended:
+        main()
+    out = capsys.readouterr()
+    return ended.value.code, out.out + out.err
+
+
+def test_bad_input_ends_in_one_line_and_a_non_zero_status(scored, tmp_path, monkeypatch,
+                                                          capsys):
+    """A missing or empty source, a file that is no checkpoint, a wrong output folder, bad
+    SQL, an unknown device or profile: one line each, nothing written."""
+    out, _ = scored
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    cohort = out.parent / "cohort"
+    cases = [
+        (["score", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o1"),
+          "--single-process"], 1, "does not exist"),
+        (["score", str(tmp_path / "empty"), "--out", str(tmp_path / "o2"),
+          "--single-process"], 1, "[no_files] no files under"),
+        (["score", str(cohort), "--out", str(tmp_path / "o3"), "--model",
+          str(tmp_path / "junk.pt"), "--single-process"], 1, "is not a calcpipe"),
+        (["score", str(cohort), "--out", str(tmp_path / "o4"), "--device", "gpu0"], 2,
+         "device is auto, cpu"),
+        (["query", "SELECT 1", "--out", str(tmp_path / "nowhere")], 1, "no calcpipe output"),
+        (["query", "SELEC * FROM runs", "--out", str(out)], 1, "ParserException"),
+        (["evaluate", "--pred", str(out), "--truth", str(cohort / "_truth"), "--report",
+          str(tmp_path / "ev"), "--profile", "nope"], 1, "unknown scoring profile"),
+        (["synth", str(tmp_path / "full"), "--studies", "1", "--matrix", "32"], 1,
+         "not an empty folder"),
+    ]
+    for args, status, text in cases:
+        code, output = _main(monkeypatch, capsys, *args)
+        assert code == status and "Traceback" not in output, (args, output)
+        assert text.lower() in output.lower() and len(output.strip().splitlines()) <= 2, (
+            args, output)
+    for name in ("o1", "o2", "o4"):
+        assert not (tmp_path / name / "tables").exists()
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["x"]
+
+
+def test_runs_record_no_paths_and_options_hold_no_credentials(scored):
+    from pydantic import ValidationError
+
+    from calcpipe.pipeline import ScoreParams
+
+    out, _ = scored
+    ((parameters,),) = open_catalog(out).query("SELECT parameters_json FROM runs").fetchall()
+    assert str(out.parent) not in parameters and '"out": "sha256:' in parameters
+    for options in ({"client_kwargs": {"aws_secret_access_key": "x"}}, {"account_key": "x"},
+                    {"sas_token": "x"}, {"connection_string": "x"}, {"KEY": "x"}):
+        with pytest.raises(ValidationError, match="must not hold"):
+            ScoreParams(source="s3://b/c", out="s3://b/o", storage_options=options)
+    ScoreParams(source="s3://b/c", out="s3://b/o",  # not secrets
+                storage_options={"client_kwargs": {"endpoint_url": "http://h:9000",
+                                                   "region_name": "eu"}})

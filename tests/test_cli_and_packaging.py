@@ -62,4 +62,4 @@ def test_wheel_contains_flows_and_catalog(tmp_path):
                      "calcpipe/py.typed"):
         assert required in names, required
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "calcpipe = calcpipe.cli:app" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "calcpipe = calcpipe.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

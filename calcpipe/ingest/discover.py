@@ -59,6 +59,10 @@ def list_candidates(fs: Any, root: str) -> list[tuple[str, dict[str, Any]]]:
     if fs.isfile(root):
         return [(root, fs.info(root))]
     found = fs.find(root, detail=True, withdirs=False)
+    if not found:  # a typo or a missing mount must not look like a cohort with no studies
+        raise DicomInputError(
+            f"no files under {root}" + ("" if fs.exists(root) else ": it does not exist"),
+            code="no_files", path=root, fix="check the source path or URL (and the mount)")
     prefix = root.rstrip("/") + "/"
     kept = []
     for path, info in found.items():

@@ -60,10 +60,15 @@ def load_checkpoint(model: str | Path = "default") -> Checkpoint:
         if checksum != expected:
             raise ValueError(f"shipped model {path} has checksum {checksum}, expected "
                              f"{expected}: the file is damaged; reinstall calcpipe")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint (format "
-                         f"{payload.get('format')!r})")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's errors for a file that is no checkpoint say little
+        raise ValueError(f"{path} is not a {FORMAT} checkpoint: torch cannot load it "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                         ) from e
+    found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+    if found != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} checkpoint (format {found!r})")
     return Checkpoint(str(path), model_id, checksum, payload)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -95,19 +97,47 @@ class ScoreParams(BaseModel):
         raise ValueError("cluster is one of " + ", ".join(CLUSTER_KINDS)
                          + " or a scheduler address like tcp://host:8786")
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            return value
+        raise ValueError("device is auto, cpu, cuda, cuda:N or mps")
+
     @field_validator("storage_options")
     @classmethod
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for banned in ("secret", "key", "token", "password"):
-            if banned in value:
-                raise ValueError(f"storage_options must not hold {banned!r}: it would be "
-                                 "stored in run records; use the environment "
-                                 "(AWS_ACCESS_KEY_ID, ...) instead")
+        def names(options: Any) -> list[str]:  # every key, nested ones too
+            if isinstance(options, dict):
+                return [str(k) for k in options] + [n for v in options.values()
+                                                    for n in names(v)]
+            if isinstance(options, list | tuple):
+                return [n for v in options for n in names(v)]
+            return []
+
+        for name in names(value):
+            if _CREDENTIAL.search(name) and not name.lower().endswith("kms_key_id"):
+                raise ValueError(f"options must not hold {name!r}: they are stored in run "
+                                 "records and the orchestrator's database; use the "
+                                 "environment (AWS_ACCESS_KEY_ID, ...) instead")
         return value
 
     def public(self) -> dict[str, Any]:
-        """Parameters as recorded in the ``runs`` table."""
+        """The parameters, as a deployment passes them to its runs."""
         return self.model_dump(mode="json")
+
+    def recorded(self) -> dict[str, Any]:
+        """The parameters as the ``runs`` table records them: source and out as the
+        SHA-256 of their text (object paths may hold names), the rest as given."""
+        out = self.public()
+        for name in ("source", "out"):
+            out[name] = "sha256:" + hashlib.sha256(out[name].encode("utf-8")).hexdigest()
+        return out
+
+
+#: Option names that hold credentials (secret, key, token, password, credential, ...)
+_CREDENTIAL = re.compile(r"secret|key|token|passw|credential|connection_string|sas",
+                         re.IGNORECASE)
 
 
 def secret_from_env() -> bytes | None:

@@ -367,7 +367,7 @@ class Run:
             "mode": ("plan" if self.params.plan_only else
                      "rescore" if self.params.rescore else "score"),
             "started_at": self.started_at, "finished_at": finished,
-            "parameters_json": json.dumps(self.params.public(), sort_keys=True),
+            "parameters_json": json.dumps(self.params.recorded(), sort_keys=True),
             "versions_json": json.dumps(versions(), sort_keys=True),
             "pseudonymised": self.secret is not None,
             "objects_listed": c.objects_listed, "headers_read": c.headers_read,

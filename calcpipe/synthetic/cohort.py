@@ -156,11 +156,15 @@ def _write_one(args: tuple[StudySpec, str, StudyOptions]) -> list[dict[str, Any]
 def write_cohort(out_dir: str | Path, *, studies: int, seed: int, matrix: int = 512,
                  workers: int | None = None, options: StudyOptions = StudyOptions(),
                  randomisation: Randomisation | None = None) -> Path:
-    """Write ``studies`` studies and the cohort's truth tables; return the output folder."""
+    """Write ``studies`` studies and the cohort's truth tables into an empty or new folder
+    (another cohort's files there would mix with this one's); return the folder."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} is not an empty folder: a cohort written into it "
+                              "would mix with what is there; choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
     specs = [sample_spec(seed, i, matrix=matrix, randomisation=randomisation)
              for i in range(studies)]

@@ -279,7 +279,8 @@ TABLES: dict[str, TableSpec] = {t.name: t for t in (
             _c("mode", "string", None, "score, rescore or plan (plan only, nothing scored)"),
             _c("started_at", "timestamp[us, UTC]", None, "start"),
             _c("finished_at", "timestamp[us, UTC]", None, "end"),
-            _c("parameters_json", "string", None, "parameters, without secrets"),
+            _c("parameters_json", "string", None, "parameters, without secrets; source "
+               "and out as sha256:<hex> of their text (paths may hold names)"),
             _c("versions_json", "string", None, "package versions"),
             _c("pseudonymised", "bool", None, "keys are HMACs under a secret"),
             _c("objects_listed", "int64", None, "objects found under the source"),
