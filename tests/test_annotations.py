@@ -218,7 +218,7 @@ def test_a_cohort_with_any_annotation_format_becomes_training_truth(study, tmp_p
     result = CliRunner().invoke(app, ["import-annotations", str(work), "--annotations",
                                       str(notes), "--format", fmt])
     assert result.exit_code == 0 and "of 1 studies" in result.output, result.output
-    loaded = load_cohort(work, TrainConfig(), log=lambda _: None)
+    loaded, _ = load_cohort(work, TrainConfig(), log=lambda _: None)
     expected = coronary if fmt in ("seg", "nifti") else np.where(
         volume.hu >= threshold_for(120), coronary, 0)
     assert len(loaded) == 1

@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -197,6 +198,37 @@ def test_patient_split_is_60_20_20_and_disjoint():
     assert split_patients(keys, seed=1) == (train_keys, val_keys, test_keys)
 
 
+def test_the_studies_of_one_patient_fall_in_one_part():
+    """Follow-up scans share a patient: none may be tested on a patient trained on."""
+    patient_of = {f"s{i}": f"p{i // 3}" for i in range(30)}  # 10 patients, 3 studies each
+    for seed in range(5):
+        parts = split_patients(patient_of, seed=seed)
+        patients = [{patient_of[k] for k in part} for part in parts]
+        assert [len(p) for p in patients] == [6, 2, 2]
+        assert not (patients[0] & patients[1] or patients[0] & patients[2]
+                    or patients[1] & patients[2])
+        assert sorted(k for part in parts for k in part) == sorted(patient_of)
+
+
+def test_a_cohort_is_split_by_its_patient_ids(tmp_path):
+    from calcpipe.models.train import TrainConfig, load_cohort
+    from calcpipe.synthetic import write_cohort
+
+    cohort = write_cohort(tmp_path / "cohort", studies=4, seed=44, matrix=32, workers=1)
+    folders = sorted(p for p in cohort.iterdir() if p.name.startswith("study_"))
+    for folder in folders[:3]:  # three visits of one patient, one other patient
+        for path in folder.rglob("*.dcm"):
+            ds = pydicom.dcmread(path)
+            ds.PatientID = "SAME-PATIENT"
+            ds.save_as(path)
+    studies, patients = load_cohort(cohort, TrainConfig(), log=lambda _: None)
+    assert len(studies) == 4 and len(set(patients.values())) == 2
+    for seed in range(4):
+        parts = split_patients(patients, seed=seed)
+        assert any(set(part) >= {k for k, p in patients.items() if p == "SAME-PATIENT"}
+                   for part in parts)
+
+
 def test_training_smoke_run_writes_an_auditable_checkpoint(tmp_path):
     config = TrainConfig(unet=UNetConfig(base=4, depth=3, context=1), model_spacing_mm=2.0,
                          patch=64, batch=4, max_steps=6, eval_every=3)
@@ -213,6 +245,47 @@ def test_training_smoke_run_writes_an_auditable_checkpoint(tmp_path):
     resumed = train(prepared[:2], prepared[2:], config, tmp_path / "m.pt",
                     description={"data": "smoke"}, resume=True, log=lambda _: None)
     assert resumed["steps"] == 6  # already finished: nothing more to do
+
+
+def test_a_resumed_run_ends_as_the_uninterrupted_one(tmp_path):
+    """The batches, augmentations and history go on where they stopped."""
+    config = TrainConfig(unet=UNetConfig(base=4, depth=2, context=1), model_spacing_mm=2.0,
+                         patch=32, batch=2, max_steps=6, eval_every=2, patience=100, seed=3)
+    prepared = [prepare_study(str(i), r.hu, r.labels, r.spacing_mm, config) for i, r in
+                enumerate(render_study(sample_spec(41, i, matrix=64)) for i in range(3))]
+    whole = train(prepared[:2], prepared[2:], config, tmp_path / "whole.pt",
+                  description={}, log=lambda _: None)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_step_4(message: str) -> None:  # after step 2's resume point was saved
+        if message.startswith("step 4 "):
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(prepared[:2], prepared[2:], config, tmp_path / "cut.pt", description={},
+              log=stop_at_step_4)
+    resumed = train(prepared[:2], prepared[2:], config, tmp_path / "cut.pt", description={},
+                    resume=True, log=lambda _: None)
+    assert resumed["history"] == whole["history"] and len(whole["history"]) == 3
+    ends = [torch.load(tmp_path / f"{name}.resume.pt", weights_only=True)["model"]
+            for name in ("whole", "cut")]
+    assert all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
+
+
+@pytest.mark.parametrize(("context", "steps"), [(2, 3), (0, 2), (1, 1)])
+def test_any_context_and_any_number_of_steps_train(tmp_path, context, steps):
+    """Two neighbours a side give five input channels; two steps once divided by zero."""
+    config = TrainConfig(unet=UNetConfig(base=4, depth=2, context=context),
+                         model_spacing_mm=2.0, patch=32, batch=2, max_steps=steps,
+                         eval_every=steps)
+    prepared = [prepare_study(str(i), r.hu, r.labels, r.spacing_mm, config) for i, r in
+                enumerate(render_study(sample_spec(41, i, matrix=64)) for i in range(2))]
+    result = train(prepared[:1], prepared[1:], config, tmp_path / "m.pt", description={},
+                   log=lambda _: None)
+    assert result["steps"] == steps
+    assert ckpt.load_checkpoint(tmp_path / "m.pt").payload["config"]["context"] == context
 
 
 def test_fine_tuning_starts_from_the_given_weights_and_the_data_hash_follows_content(
@@ -505,7 +578,8 @@ def test_training_flow_trains_and_measures_on_the_test_patients(prefect_api, tmp
     assert result["steps"] == 4 and out.is_file()
     assert result["test"]["patients"] == 1  # 5 studies: 3 train, 1 validation, 1 test
     payload = ckpt.load_checkpoint(out).payload
-    assert payload["training"]["data"].endswith("3 train, 1 validation, 1 test studies")
+    assert payload["training"]["data"].endswith(
+        "3 train, 1 validation, 1 test studies of 5 patients, split by patient")
     artifact = Artifact.get("calcpipe-training", _sync=True)  # type: ignore[call-arg]
     assert artifact is not None and "1 test studies" in artifact.data
 

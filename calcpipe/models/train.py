@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,12 +74,23 @@ def prepare_study(key: str, hu: npt.NDArray[np.integer], labels: npt.NDArray[np.
     return PreparedStudy(key, x.astype(np.float16), y.astype(np.uint8))
 
 
-def split_patients(keys: Sequence[str], seed: int) -> tuple[list[str], list[str], list[str]]:
-    """Patient-level 60/20/20 split, deterministic for a seed."""
-    order = sorted(keys)
+def split_patients(patient_of: Mapping[str, str] | Sequence[str], seed: int,
+                   ) -> tuple[list[str], list[str], list[str]]:
+    """Study keys split 60/20/20 by patient (``patient_of``: each study's patient; a plain
+    sequence of keys: each study its own patient), deterministic for a seed: all studies
+    of a patient (follow-up scans) fall in one part, so that none is tested on a patient
+    it was trained on."""
+    if not isinstance(patient_of, Mapping):
+        patient_of = {key: key for key in patient_of}
+    order = sorted(set(patient_of.values()))
     np.random.default_rng(seed).shuffle(order)
     n_train, n_val = round(0.6 * len(order)), round(0.2 * len(order))
-    return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+    part = {patient: (0 if i < n_train else 1 if i < n_train + n_val else 2)
+            for i, patient in enumerate(order)}
+    split: tuple[list[str], list[str], list[str]] = ([], [], [])
+    for key in sorted(patient_of):
+        split[part[patient_of[key]]].append(key)
+    return split
 
 
 def data_hash(studies: Sequence[PreparedStudy]) -> str:
@@ -106,20 +117,18 @@ class _Bank:
         air = HU_CLIP[0] / HU_SCALE
         x = np.full((total, h, w), air, dtype=np.float16)
         y = np.zeros((total, h, w), dtype=np.uint8)
-        previous, following = np.zeros(total, np.int64), np.zeros(total, np.int64)
+        first, last = np.zeros(total, np.int64), np.zeros(total, np.int64)  # of each study
         start = 0
         for s in studies:
             z = s.x.shape[0]
             x[start : start + z, : s.x.shape[1], : s.x.shape[2]] = s.x
             y[start : start + z, : s.y.shape[1], : s.y.shape[2]] = s.y
-            idx = np.arange(start, start + z)
-            previous[idx] = np.maximum(idx - 1, start)
-            following[idx] = np.minimum(idx + 1, start + z - 1)
+            first[start : start + z], last[start : start + z] = start, start + z - 1
             start += z
         self.x = torch.from_numpy(x).to(device)
         self.y = torch.from_numpy(y).to(device)
-        self.previous = torch.from_numpy(previous).to(device)
-        self.following = torch.from_numpy(following).to(device)
+        self.first = torch.from_numpy(first).to(device)
+        self.last = torch.from_numpy(last).to(device)
         sl, rr, cc = np.nonzero(y)
         weights = np.where(y[sl, rr, cc] <= 4, 1.0, config.aortic_sampling_weight)
         self.calcium = torch.from_numpy(np.stack([sl, rr, cc], 1)).to(device)
@@ -149,10 +158,11 @@ class _Bank:
         ar = torch.arange(p, device=dev)
         r_idx = (rows[:, None] + ar[None, :])[:, :, None]
         c_idx = (cols[:, None] + ar[None, :])[:, None, :]
-        context = config.unet.context
-        channels = [slices]
-        if context:
-            channels = [self.previous[slices], slices, self.following[slices]]
+        # each slice with ``context`` neighbours on each side, clamped at its study's ends
+        # (as preprocess.context_index does at inference)
+        channels = [torch.minimum(torch.maximum(slices + d, self.first[slices]),
+                                  self.last[slices])
+                    for d in range(-config.unet.context, config.unet.context + 1)]
         x = torch.stack([self.x[s[:, None, None], r_idx, c_idx] for s in channels], dim=1)
         y = self.y[slices[:, None, None], r_idx, c_idx]
         return x.float(), y.long()
@@ -321,22 +331,29 @@ def train(train_studies: Sequence[PreparedStudy], val_studies: Sequence[Prepared
         model.load_state_dict(init_state)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
-    warmup = min(0.5, max(0.1, 3 / config.max_steps))  # at least a few warm-up steps
+    # at least a few warm-up steps; OneCycleLR needs its warm-up to end after step 0 and
+    # before the last step (max_steps 2 divided by zero), so very short runs get 3 steps
+    total_steps = max(config.max_steps, 3)
+    warmup = min(0.5, max(0.1, 3 / total_steps))
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, config.learning_rate, total_steps=config.max_steps, pct_start=warmup)
+        optimiser, config.learning_rate, total_steps=total_steps, pct_start=warmup)
     resume_path = Path(out).with_suffix(".resume.pt")
     step, best, stale = 0, -1.0, 0
+    history: list[dict[str, Any]] = []
     if resume and resume_path.is_file():
         state = torch.load(resume_path, map_location=dev, weights_only=True)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         schedule.load_state_dict(state["schedule"])
         step, best, stale = state["step"], state["best"], state["stale"]
+        # the batches and augmentations go on where they stopped, the history with them:
+        # a resumed run ends as the uninterrupted one would
+        generator.set_state(state["generator"].cpu())  # a generator's state lives on the CPU
+        history = json.loads(state["history"])
         log(f"resumed at step {step} (best validation Dice {best:.4f})")
     bank = _Bank(train_studies, config, dev)
     weights = torch.tensor(config.class_weights, device=dev)
     started = time.monotonic()
-    history = []
     model.train()
     while step < config.max_steps:
         x, y = bank.batch(config.batch, config, generator)
@@ -362,7 +379,8 @@ def train(train_studies: Sequence[PreparedStudy], val_studies: Sequence[Prepared
                 stale += 1
             torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
                         "schedule": schedule.state_dict(), "step": step, "best": best,
-                        "stale": stale}, resume_path)
+                        "stale": stale, "generator": generator.get_state(),
+                        "history": json.dumps(history)}, resume_path)
             if stale >= config.patience or out_of_time:
                 log("early stop" if stale >= config.patience else "time limit reached")
                 break
@@ -388,29 +406,39 @@ def _save(out: str | Path, model: Any, config: TrainConfig, description: dict[st
     })
 
 
-def load_cohort(cohort: str | Path, config: TrainConfig,
-                log: Callable[[str], None] = print) -> list[tuple[str, Any, Any, Any, float]]:
+def load_cohort(cohort: str | Path, config: TrainConfig, log: Callable[[str], None] = print,
+                ) -> tuple[list[tuple[str, Any, Any, Any, float]], dict[str, str]]:
     """Studies of a cohort folder with truth label maps (``_truth/labels/<key>.nii.gz``):
-    (key, hu, labels, spacing, kVp) for each, the series chosen by the selection rules."""
-    from calcpipe.ingest import discover, load_study
+    (key, hu, labels, spacing, kVp) for each, the series chosen by the selection rules;
+    and each study's patient (its PatientID, or the study key where it has none)."""
+    import pydicom
+
+    from calcpipe.dicom import load_volume
+    from calcpipe.ingest import discover
     from calcpipe.synthetic.truth import read_labels
 
     root = Path(cohort)
     truth_dir = root / "_truth" / "labels"
-    studies = []
-    for choice in discover(root).studies:
+    studies, patients = [], {}
+    for choice in discover(root).studies:  # one scan: not one per study
         key = choice.study.study_key
         truth_file = truth_dir / f"{key}.nii.gz"
         if not truth_file.is_file():
             log(f"skipping study {key}: no truth label map")
             continue
-        volume = load_study(root, study_key=key)
+        if choice.chosen is None:
+            log(f"skipping study {key}: no series passes the selection rules")
+            continue
+        volume = load_volume(list(choice.chosen.urls))
         labels, _ = read_labels(truth_file)
         if labels.shape != volume.hu.shape:
             raise ValueError(f"truth {truth_file} has shape {labels.shape}, the chosen series "
                              f"{volume.hu.shape}")
         studies.append((key, volume.hu, labels, volume.spacing_mm, volume.scoring_kvp))
-    return studies
+        header = pydicom.dcmread(volume.source_files[0], stop_before_pixels=True,
+                                 specific_tags=["PatientID"])
+        patients[key] = str(header.get("PatientID", "") or "").strip() or f"study:{key}"
+    return studies, patients
 
 
 def train_from_cohort(cohort: str | Path, out: str | Path, config: TrainConfig, *,
@@ -448,11 +476,12 @@ class CohortSplit:
 def split_cohort(cohort: str | Path, config: TrainConfig,
                  log: Callable[[str], None] = print) -> CohortSplit:
     """Load a labelled cohort and split it 60/20/20 by patient."""
-    studies = load_cohort(cohort, config, log)
-    if len(studies) < 3:
-        raise ValueError(f"{cohort} holds {len(studies)} labelled studies; at least 3 needed")
+    studies, patients = load_cohort(cohort, config, log)
+    if len(set(patients.values())) < 3:
+        raise ValueError(f"{cohort} holds labelled studies of {len(set(patients.values()))} "
+                         "patients; at least 3 needed")
     by_key = {s[0]: s for s in studies}
-    train_keys, val_keys, test_keys = split_patients(list(by_key), config.seed)
+    train_keys, val_keys, test_keys = split_patients(patients, config.seed)
 
     def prepared(keys: list[str]) -> list[PreparedStudy]:
         return [prepare_study(k, by_key[k][1], by_key[k][2], by_key[k][3], config)
@@ -460,7 +489,8 @@ def split_cohort(cohort: str | Path, config: TrainConfig,
 
     train_set, val_set = prepared(train_keys), prepared(val_keys)
     description = {"data": f"cohort {Path(cohort).name}: {len(train_keys)} train, "
-                           f"{len(val_keys)} validation, {len(test_keys)} test studies",
+                           f"{len(val_keys)} validation, {len(test_keys)} test studies "
+                           f"of {len(set(patients.values()))} patients, split by patient",
                    "data_hash": data_hash(train_set + val_set)}
     return CohortSplit(train_set, val_set, [by_key[k] for k in test_keys], description)
 
