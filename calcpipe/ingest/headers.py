@@ -46,7 +46,8 @@ class InstanceHeader:
     kvp : float or None
         Tube voltage, kV.
     contrast_agent_present : bool
-        ContrastBolusAgent (or its coded sequence) names an agent (not a text saying none: see ``calcpipe.dicom.metadata``).
+        ContrastBolusAgent (or its coded sequence) names an agent (not a text saying
+        none: see ``calcpipe.dicom.metadata``).
     has_pixel_data : bool
         The file holds an image (a pixel data element follows the header).
     n_frames : int
