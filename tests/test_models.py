@@ -190,6 +190,21 @@ def test_damaged_shipped_model_is_refused(tmp_path, monkeypatch):
         ckpt.load_checkpoint("default")
 
 
+@pytest.mark.parametrize("changed", [
+    {"hu_transform": {"clip": [-1024.0, 3071.0], "scale": 1000.0}},
+    {"classes": {"1": "LAD", "2": "LM", "3": "LCX", "4": "RCA", "5": "TAC", "6": "AVC",
+                 "7": "MAC"}}])
+def test_a_checkpoint_of_other_conventions_is_refused(tmp_path, changed):
+    """Inference applies one HU transform and one label map: weights trained under others
+    would give wrong labels without a sign."""
+    from calcpipe.models.segment import UNetSegmenter
+
+    payload = {**ckpt.load_checkpoint("default").payload, **changed}
+    ckpt.save_checkpoint(tmp_path / "other.pt", payload)
+    with pytest.raises(ValueError, match="cannot be used as it is"):
+        UNetSegmenter.load(str(tmp_path / "other.pt"))
+
+
 def test_patient_split_is_60_20_20_and_disjoint():
     keys = [f"p{i}" for i in range(10)]
     train_keys, val_keys, test_keys = split_patients(keys, seed=1)

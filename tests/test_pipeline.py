@@ -260,6 +260,10 @@ def test_evaluation_report_and_seg_export_use_only_a_result_s_own_mask(pool, tmp
     src, out = cohort(pool, tmp_path / "src", [0, 1]), str(tmp_path / "out")
     shutil.copytree(pool / "_truth", src / "_truth")
     run_single_process(ScoreParams(source=str(src), out=out, model=first))
+    import nibabel as nib
+
+    masks = sorted((tmp_path / "out" / "masks").glob("*.nii.gz"))
+    assert nib.load(masks[0]).header["descrip"].tobytes().startswith(b"calcpipe prediction")
     ok = run_evaluation(out, src / "_truth", tmp_path / "ev0")
     assert len({r["study_key"] for r in ok.dice}) == 2 and not ok.masks_not_of_result
     assert len(export_masks(out, str(src), tmp_path / "seg0")[0]) == 2

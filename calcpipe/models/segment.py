@@ -11,6 +11,7 @@ interest, for tests and phantoms.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -137,6 +138,7 @@ class UNetSegmenter:
         from calcpipe.models.unet import UNet, UNetConfig, prepare_for_inference
 
         payload = checkpoint.payload
+        check_conventions(payload, checkpoint.path)
         self.model_id = checkpoint.model_id
         self.model_checksum = checkpoint.sha256
         self.config = UNetConfig(**payload["config"])
@@ -235,6 +237,20 @@ class UNetSegmenter:
         confidence = float(tops.astype(np.float64).mean()) if tops.size else None
         return Segmentation(labels, confidence, self.model_id, self.model_checksum,
                             self.device.type, self.precision)
+
+
+def check_conventions(payload: Mapping[str, Any], where: str) -> None:
+    """Refuses a checkpoint trained under another HU transform or label map than the one
+    inference applies: its labels would come out silently wrong."""
+    from calcpipe.models.preprocess import HU_CLIP, HU_SCALE
+
+    expected = {"hu_transform": {"clip": [float(v) for v in HU_CLIP], "scale": float(HU_SCALE)},
+                "classes": {str(k): v for k, v in LABEL_NAMES.items()}}
+    for field, value in expected.items():
+        found = payload.get(field)
+        if found is not None and found != value:
+            raise ValueError(f"{where} records {field} {found!r}; calcpipe's inference "
+                             f"applies {value!r}: the checkpoint cannot be used as it is")
 
 
 def misplaced(values: npt.NDArray[np.uint8], points: tuple[npt.NDArray[np.intp], ...],

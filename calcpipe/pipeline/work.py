@@ -71,10 +71,11 @@ def write_mask(out_root: str, storage_options: Mapping[str, Any] | None, study_k
     """Write the label map as NIfTI, with ``origin`` (:func:`mask_origin`) as its note;
     atomically (temporary name, then rename) on disk."""
     from calcpipe.ingest.discover import open_filesystem
-    from calcpipe.synthetic.truth import nifti_bytes
+    from calcpipe.synthetic.truth import PREDICTION, nifti_bytes
 
     note = None if origin is None else json.dumps(dict(origin), sort_keys=True).encode()
-    data = nifti_bytes(labels.astype(np.uint8, copy=False), affine, note)  # no uint8 copy
+    data = nifti_bytes(labels.astype(np.uint8, copy=False), affine, note,  # no uint8 copy
+                       description=PREDICTION)
     target = mask_path(out_root, study_key)
     if "://" not in target:
         os.makedirs(os.path.dirname(target), exist_ok=True)
