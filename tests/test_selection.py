@@ -213,3 +213,26 @@ def test_custom_rule_table(tmp_path):
 ])
 def test_kernel_classes(kernel, vendor, expected):
     assert kernel_class(kernel, vendor) == expected
+
+
+def test_the_choice_depends_on_the_files_not_their_names(tmp_path):
+    """Retrospective gating writes each image's own trigger delay: the series' phase is
+    their median, not the first file's by name, so renaming the files changes nothing."""
+    rr = {"CardiacSynchronizationTechnique": "RETROSPECTIVE",
+          "CardiacRRIntervalSpecified": 1000.0}
+    choices = []
+    for naming in ("instance", "reversed"):
+        root = tmp_path / naming
+        varying = _series(root, 1, slices=9, extra={**rr, "TriggerTime": 700.0})
+        _series(root, 2, slices=9, extra={**rr, "TriggerTime": 660.0})  # 66 %
+        for i, path in enumerate(varying):  # 600-800 ms: median 70 %, first file 60 %
+            ds = pydicom.dcmread(path)
+            ds.TriggerTime = 600.0 + 25 * i
+            ds.save_as(path)
+        if naming == "reversed":
+            for i, path in enumerate(varying):
+                path.rename(path.with_name(f"x{len(varying) - i:03d}.dcm"))
+        decision = _decide(root)
+        phases = {v.series_id: v for v in decision.verdicts}
+        choices.append((decision.chosen, sorted(phases)))
+    assert choices[0] == choices[1] and choices[0][0] == f"{STUDY}.1"

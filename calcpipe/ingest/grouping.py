@@ -8,6 +8,7 @@ sorted order of the split attributes) and the QC flag ``series_split``.
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -136,11 +137,23 @@ def _mode(values: Iterable[object]) -> object:
     return max(sorted(counts, key=repr), key=lambda v: counts[v]) if counts else None
 
 
+def _phase(h: InstanceHeader) -> float | None:
+    """A file's cardiac phase, % of the R-R interval: nominal, else from its trigger time."""
+    if h.nominal_cardiac_phase_percent is not None:
+        return h.nominal_cardiac_phase_percent
+    if h.trigger_time_ms is not None and h.rr_interval_ms:
+        return 100.0 * h.trigger_time_ms / h.rr_interval_ms
+    return None
+
+
 def summarise(
     instances: tuple[InstanceHeader, ...], series_id: str, *, split: bool = False
 ) -> SeriesSummary:
-    """Summary of one series (its header rows sorted by URL)."""
-    first = instances[0]
+    """Summary of one series (its header rows sorted by URL). Attributes that may differ
+    between its files come from the file with the lowest SOPInstanceUID, and the cardiac
+    phase is the median of the files': the same files under other names give the same
+    summary, and so the same choice."""
+    first = min(instances, key=lambda h: h.sop_instance_uid)
     problems, spacing, extent, angle = _geometry(instances)
     flags = []
     if first.study_uid_derived:
@@ -149,9 +162,8 @@ def summarise(
         flags.append("derived_series_uid")
     if split:
         flags.append("series_split")
-    phase = first.nominal_cardiac_phase_percent
-    if phase is None and first.trigger_time_ms is not None and first.rr_interval_ms:
-        phase = 100.0 * first.trigger_time_ms / first.rr_interval_ms
+    phases = [p for p in map(_phase, instances) if p is not None]
+    phase = float(statistics.median(phases)) if phases else None
     thickness = _mode(h.slice_thickness_mm for h in instances)
     tilts = [abs(h.gantry_tilt_deg) for h in instances if h.gantry_tilt_deg is not None]
     technique = (first.synchronization_technique or "").upper()
