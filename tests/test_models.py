@@ -205,6 +205,18 @@ def test_a_checkpoint_of_other_conventions_is_refused(tmp_path, changed):
         UNetSegmenter.load(str(tmp_path / "other.pt"))
 
 
+def test_a_volume_smaller_than_a_model_pixel_or_without_slices_is_refused_clearly():
+    from calcpipe.models.segment import UNetSegmenter
+
+    segmenter = UNetSegmenter.load("default", precision="fp32")
+    hu = np.full((2, 9, 9), 40, np.int16)
+    with pytest.raises(ValueError, match="smaller than one 1 mm pixel"):
+        segmenter.segment(hu, (3.0, 0.1, 0.1))
+    with pytest.raises(ValueError, match="at least one voxel"):
+        segmenter.segment(hu[:0], (3.0, 0.7, 0.7))
+    assert segmenter.segment(hu, (3.0, 0.2, 0.2)).labels.shape == hu.shape  # 1.8 mm: fine
+
+
 def test_patient_split_is_60_20_20_and_disjoint():
     keys = [f"p{i}" for i in range(10)]
     train_keys, val_keys, test_keys = split_patients(keys, seed=1)

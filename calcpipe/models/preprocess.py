@@ -90,8 +90,15 @@ def model_input(hu: npt.NDArray[np.integer], spacing_mm: tuple[float, float, flo
     import torch
     import torch.nn.functional as F
 
+    if hu.ndim != 3 or 0 in hu.shape:
+        raise ValueError(f"segmentation needs a (Z, Y, X) volume of at least one voxel, not "
+                         f"shape {hu.shape}")
     row0, row1, col0, col1 = body_box(hu, (spacing_mm[1], spacing_mm[2]))
     scale_y, scale_x = spacing_mm[1] / model_spacing_mm, spacing_mm[2] / model_spacing_mm
+    if int((row1 - row0) * scale_y) < 1 or int((col1 - col0) * scale_x) < 1:
+        raise ValueError(f"the image's body region, {(row1 - row0) * spacing_mm[1]:.3g} x "
+                         f"{(col1 - col0) * spacing_mm[2]:.3g} mm, is smaller than one "
+                         f"{model_spacing_mm:g} mm pixel of the model")
     crop = torch.from_numpy(np.ascontiguousarray(hu[:, row0:row1, col0:col1]))
     if torch.device(device).type == "cuda":
         crop = crop.pin_memory()
