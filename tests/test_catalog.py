@@ -224,6 +224,12 @@ def test_an_output_folder_the_table_writer_cannot_use_is_refused_before_anything
     assert refused == ["[", "\\", "]", "^", "|", "%41", "%2b", "\t"]
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def _main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     """The console script's exit status and output."""
     from calcpipe.cli import main
@@ -255,6 +261,8 @@ def test_bad_input_ends_in_one_line_and_a_non_zero_status(scored, tmp_path, monk
           str(tmp_path / "junk.pt"), "--single-process"], 1, "is not a calcpipe"),
         (["score", str(cohort), "--out", str(tmp_path / "o4"), "--device", "gpu0"], 2,
          "device is auto, cpu"),
+        *([(["score", str(cohort), "--out", str(tmp_path / "o5"), "--device", "cuda",
+             "--single-process"], 1, "no CUDA device")] if not _has_cuda() else []),
         (["query", "SELECT 1", "--out", str(tmp_path / "nowhere")], 1, "no calcpipe output"),
         (["query", "SELEC * FROM runs", "--out", str(out)], 1, "ParserException"),
         (["evaluate", "--pred", str(out), "--truth", str(cohort / "_truth"), "--report",
@@ -267,7 +275,7 @@ def test_bad_input_ends_in_one_line_and_a_non_zero_status(scored, tmp_path, monk
         assert code == status and "Traceback" not in output, (args, output)
         assert text.lower() in output.lower() and len(output.strip().splitlines()) <= 2, (
             args, output)
-    for name in ("o1", "o2", "o4"):
+    for name in ("o1", "o2", "o4", "o5"):
         assert not (tmp_path / name / "tables").exists()
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["x"]
 

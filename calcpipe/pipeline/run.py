@@ -142,6 +142,12 @@ class Run:
 
         model_id, checksum = resolve_model(params.model)
         device = resolve_device(params.device)
+        if device.startswith("cuda") and params.cluster.startswith("local"):
+            import torch  # the workers run here: refuse before anything is written
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {device!r}: this machine has no CUDA device; use "
+                                 "--device cpu or auto")
         self.provenance = Provenance(__version__, model_id, checksum, params.profile,
                                      device, resolve_precision(params.precision, device),
                                      self.run_id)
