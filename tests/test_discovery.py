@@ -171,3 +171,21 @@ def test_real_qrm_phantom_chosen_despite_derived(shared_data):
     assert choice.chosen is not None and choice.chosen.summary.image_type[0] == "DERIVED"
     assert "original_image: DERIVED image" in choice.decision.verdict(
         choice.decision.chosen).flags
+
+
+def test_a_multi_frame_file_without_identifiers_has_one_key_in_discovery_and_loading(
+        tmp_path):
+    """keys.py: the same files give the same key; a multi-frame file's frames are
+    uid#0, uid#1, ... in both."""
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("eCT_Supplemental.dcm", download=False))
+    for name in ("StudyInstanceUID", "SeriesInstanceUID", "PatientID", "StudyDate",
+                 "StudyTime", "AccessionNumber", "StudyID", "FrameOfReferenceUID"):
+        if name in ds:
+            delattr(ds, name)
+    ds.save_as(tmp_path / "enhanced.dcm")
+    (choice,) = discover(tmp_path).studies
+    volume = load_volume([tmp_path / "enhanced.dcm"])
+    assert (volume.study_uid, volume.series_uid) == (choice.study.study_key,
+                                                     choice.study.series[0].summary.series_key)

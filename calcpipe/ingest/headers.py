@@ -155,8 +155,11 @@ def instance_header(
     first = geometries[0] if geometries else None
     uid = str(ds.get("SOPInstanceUID", "") or "").strip()
     sop_uid = uid or derived_uid("instance", [header])
-    facts = [_FrameFacts(sop_uid, first["pixel_spacing"] if first else (),
-                         first["orientation"] if first else ())]
+    # the frames' keys as load_volume names them (uid#i in a multi-frame file), so that a
+    # key derived from them is the same here and there
+    frame_uids = [sop_uid] if n_frames == 1 else [f"{sop_uid}#{i}" for i in range(n_frames)]
+    facts = [_FrameFacts(uid_i, first["pixel_spacing"] if first else (),
+                         first["orientation"] if first else ()) for uid_i in frame_uids]
     spacing = first["pixel_spacing"] if first else (1.0, 1.0)
     meta = scan_metadata(ds, slice_thickness_mm=first["slice_thickness"] if first else None,
                          slice_increment_mm=None, pixel_spacing_mm=spacing)
