@@ -96,7 +96,9 @@ def kubernetes_cluster_spec(name: str, *, version: str, workers: int = 2,
     ``workers`` pods, each on one GPU (``studies_per_gpu`` single-threaded worker processes
     with the resource GPU=1 each, a core each and one for the nanny, 3 GiB each and 4 for
     the rest: a process peaked at 1.35 GB on 512 x 512 x 59 studies, docs/scale.md) or
-    CPU-only when ``gpus_per_worker`` is 0 (one single-threaded process)."""
+    CPU-only when ``gpus_per_worker`` is 0 (one single-threaded process per core of its
+    limit). The containers' ``command`` replaces the images' ``calcpipe`` entrypoint
+    (``args`` alone would run ``calcpipe dask worker``)."""
     gpu = one_gpu_at_most(gpus_per_worker)
     env = [{"name": k, "value": v} for k, v in sorted(WORKER_ENV.items())]
     limits: dict[str, str] = {
@@ -107,9 +109,11 @@ def kubernetes_cluster_spec(name: str, *, version: str, workers: int = 2,
     worker_args = ["dask", "worker", "--name", "$(DASK_WORKER_NAME)", "--nthreads", "1"]
     if gpu:
         worker_args += ["--nworkers", str(studies_per_gpu), "--resources", "GPU=1"]
+    elif limits["cpu"].isdigit():  # one single-threaded process per core it is given
+        worker_args += ["--nworkers", limits["cpu"]]
     pod: dict[str, Any] = {"containers": [{
         "name": "worker", "image": image(version, gpu), "imagePullPolicy": "IfNotPresent",
-        "args": worker_args, "env": env,
+        "command": worker_args, "env": env,
         "resources": {"limits": limits, "requests": dict(limits)},
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001}}]}
     if gpu:
@@ -119,7 +123,7 @@ def kubernetes_cluster_spec(name: str, *, version: str, workers: int = 2,
     scheduler = {
         "spec": {"containers": [{
             "name": "scheduler", "image": image(version, gpu), "imagePullPolicy": "IfNotPresent",
-            "args": ["dask", "scheduler"], "env": [dict(e) for e in env],
+            "command": ["dask", "scheduler"], "env": [dict(e) for e in env],
             "ports": [{"name": "tcp-comm", "containerPort": 8786, "protocol": "TCP"},
                       {"name": "http-dashboard", "containerPort": 8787, "protocol": "TCP"}],
             "resources": {"limits": {"memory": "4Gi", "cpu": "2"}},

@@ -64,7 +64,10 @@ def test_generated_daskcluster_manifest_is_in_step_with_the_spec():
     worker = checked_in["spec"]["worker"]["spec"]
     container = worker["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    args = container["args"]
+    # the images' entrypoint is calcpipe: the containers must replace it, not add to it
+    entrypoint = (INFRA / "docker" / "Dockerfile.cuda").read_text()
+    assert 'ENTRYPOINT ["calcpipe"]' in entrypoint and "args" not in container
+    args = container["command"]
     assert args[:2] == ["dask", "worker"] and args[args.index("--resources") + 1] == "GPU=1"
     # several single-threaded processes share the GPU, a core each and one for the nanny
     assert args[args.index("--nthreads") + 1] == "1"
@@ -76,6 +79,11 @@ def test_generated_daskcluster_manifest_is_in_step_with_the_spec():
     assert worker["tolerations"][0]["key"] == "nvidia.com/gpu" and worker["nodeSelector"]
     assert {e["name"]: e["value"] for e in container["env"]} == WORKER_ENV
     scheduler = checked_in["spec"]["scheduler"]["spec"]["containers"][0]
+    assert scheduler["command"] == ["dask", "scheduler"] and "args" not in scheduler
+    cpu_only = kubernetes_cluster_spec("cpu", version=__version__, gpus_per_worker=0)
+    cpu_worker = cpu_only["spec"]["worker"]["spec"]["containers"][0]
+    assert cpu_worker["command"][cpu_worker["command"].index("--nworkers") + 1] == (
+        cpu_worker["resources"]["limits"]["cpu"])  # a process per core it is given
     assert scheduler["image"] == container["image"] == f"{IMAGE}:{__version__}-cuda"
 
 
