@@ -84,3 +84,34 @@ def test_prefect_yaml_points_at_real_flows_with_valid_parameters():
         assert hasattr(getattr(module, function), "to_deployment")
         assert deployment["schedules"][0]["cron"]
     ScoreParams(**names["cohort-nightly"]["parameters"]["params"])
+
+
+def test_a_compaction_that_races_a_run_s_commit_is_tried_again_on_the_new_snapshot(
+        tmp_path, monkeypatch):
+    """A run's delete commits while housekeeping compacts: the compaction is retried on the
+    table as it now is (on the old snapshot every attempt conflicted) and no row changes."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    from calcpipe.tables import housekeeping
+    from calcpipe.tables.store import TableStore
+
+    uri = str(tmp_path / "tables" / "runs")
+    for i in range(4):
+        write_deltalake(uri, pa.table({"k": pa.array([10 * i, 10 * i + 1], pa.int64())}),
+                        mode="append")
+    opened = TableStore._delta
+    raced: list[str] = []
+
+    def open_then_race(self, name):  # a run's delete right after the first opening
+        table = opened(self, name)
+        if name == "runs" and not raced:
+            raced.append(name)
+            DeltaTable(uri).delete("k = 11")
+        return table
+
+    monkeypatch.setattr(TableStore, "_delta", open_then_race)
+    (report,) = housekeeping.housekeep(str(tmp_path))
+    assert raced and report.files_after == 1
+    assert sorted(DeltaTable(uri).to_pyarrow_table()["k"].to_pylist()) == [
+        0, 1, 10, 20, 21, 30, 31]

@@ -46,7 +46,9 @@ def housekeep(out: str, storage_options: Mapping[str, Any] | None = None, *,
             continue
         version, files = table.version(), len(table.file_uris())
         if not dry_run:
-            _retrying(lambda t=table: t.optimize.compact())
+            # each attempt on the table's latest snapshot: a commit that raced the last one
+            # (a run's delete) must be read again, not retried against
+            _retrying(lambda n=name: store._delta(n).optimize.compact())
             table = store._delta(name)
         removed = table.vacuum(retention_hours=retention_hours, dry_run=dry_run,
                                enforce_retention_duration=False)
