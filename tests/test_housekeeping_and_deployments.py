@@ -57,6 +57,10 @@ def test_housekeeping_deletes_only_the_scratch_of_runs_that_died(tmp_path):
     assert remove_abandoned_scratch(str(tmp_path)) == 1
     assert not dead.exists() and live.exists()
     assert remove_abandoned_scratch(str(tmp_path)) == 0
+    # a run that has just made its folder, and a live run under a retention of 0 hours
+    (tmp_path / "_scratch" / "new-run").mkdir()
+    assert remove_abandoned_scratch(str(tmp_path), retention_hours=0) == 0
+    assert live.exists() and (tmp_path / "_scratch" / "new-run").exists()
 
 
 def test_serve_builds_a_nightly_and_a_weekly_deployment(tmp_path):

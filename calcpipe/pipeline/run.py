@@ -49,7 +49,7 @@ from calcpipe.pipeline.plan import (
     read_items,
     write_items,
 )
-from calcpipe.pipeline.scratch import remove, scratch_root
+from calcpipe.pipeline.scratch import heartbeat, remove, scratch_root
 from calcpipe.pipeline.work import StudyOutcome
 from calcpipe.tables.schemas import RESULT_TABLES, SCHEMA_VERSION, to_table
 from calcpipe.tables.store import TableStore, join
@@ -277,6 +277,7 @@ class Run:
     # -- commit ----------------------------------------------------------------------
     def commit(self, outcomes: Iterable[StudyOutcome]) -> None:
         """Commit one shard's outcomes (see the module docstring for the protocol)."""
+        heartbeat(self.scratch, self.store.storage_options)  # this run's folder is in use
         outcomes = sorted(outcomes, key=lambda o: o.result_id)
         self.counts.timings["study_s"] += sum(o.seconds for o in outcomes)
         failures = [o.failure for o in outcomes if o.failure is not None]

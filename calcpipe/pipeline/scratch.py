@@ -74,20 +74,36 @@ def remove(path: str, storage_options: Mapping[str, Any] | None) -> None:
         fs.rm(target, recursive=True)
 
 
+#: A run's scratch folder is removed only after at least this many hours without a write:
+#: a running run writes its heartbeat at every shard commit (:func:`heartbeat`), and a
+#: retention of 0 hours (for the tables' vacuum) must not take a live run's folder.
+MIN_ABANDONED_HOURS = 1.0
+
+
+def heartbeat(folder: str, storage_options: Mapping[str, Any] | None) -> None:
+    """Marks a run's scratch folder as in use (see :func:`remove_abandoned`)."""
+    fs, target = open_filesystem(join(folder, "heartbeat"), storage_options)
+    fs.pipe_file(target, b"")
+
+
 def remove_abandoned(out_root: str, storage_options: Mapping[str, Any] | None, *,
                      older_than_hours: float, dry_run: bool = False) -> int:
     """Delete the scratch folders of runs that died (no file written for
-    ``older_than_hours``); how many there were. A finished run has deleted its own."""
+    ``older_than_hours``, at least :data:`MIN_ABANDONED_HOURS`); how many there were. A
+    finished run has deleted its own. A folder with no file yet is as old as the folder
+    (on disk; an object store has no empty folders)."""
     import time
 
     fs, root = open_filesystem(join(out_root, SCRATCH), storage_options)
     if not fs.exists(root):
         return 0
-    cutoff = time.time() - older_than_hours * 3600
+    now = time.time()
+    cutoff = now - max(older_than_hours, MIN_ABANDONED_HOURS) * 3600
     removed = 0
     for folder in fs.ls(root, detail=False):
         files = fs.find(folder, detail=True).values()
-        newest = max((_modified(info) for info in files), default=0.0)
+        newest = max((_modified(info) for info in files),
+                     default=_modified(fs.info(folder)) or now)
         if newest < cutoff:
             removed += 1
             if not dry_run:
