@@ -85,6 +85,21 @@ def one_gpu_at_most(gpus_per_worker: int) -> bool:
     return gpus_per_worker == 1
 
 
+def kubernetes_spec_for(params: ScoreParams) -> dict[str, Any]:
+    """The ``DaskCluster`` of a run's parameters: ``cluster_options`` ``name``,
+    ``gpus_per_worker``, ``memory`` (a pod's, e.g. "64Gi") and ``cores`` (a pod's CPU
+    limit), as for Slurm."""
+    from calcpipe import __version__
+
+    options = params.cluster_options
+    return kubernetes_cluster_spec(
+        str(options.get("name", "calcpipe")), version=__version__, workers=params.workers,
+        gpus_per_worker=int(options.get("gpus_per_worker", 1)),
+        memory=None if options.get("memory") is None else str(options["memory"]),
+        cpu=None if options.get("cores") is None else str(options["cores"]),
+        studies_per_gpu=studies_per_gpu(params))
+
+
 def kubernetes_cluster_spec(name: str, *, version: str, workers: int = 2,
                             gpus_per_worker: int = 1, memory: str | None = None,
                             cpu: str | None = None,
@@ -293,8 +308,9 @@ def _start(params: ScoreParams) -> Any:
         if not gpus:
             raise RuntimeError("cluster 'local-cuda' needs a CUDA GPU: torch sees none "
                                f"(torch {torch.__version__})")
+        # the node's cores but one, shared among its GPUs
         per_gpu = studies_per_gpu(params,
-                                  default=max(1, (os.cpu_count() or 2) // len(gpus) - 1))
+                                  default=max(1, ((os.cpu_count() or 2) - 1) // len(gpus)))
         with tuned_workers(bool(options.get("profiler", False))):
             return SpecCluster(workers=local_gpu_workers(gpus, per_gpu,
                                                          {"OMP_NUM_THREADS": "1"}),
@@ -305,11 +321,7 @@ def _start(params: ScoreParams) -> Any:
         if kind == "kubernetes":
             from dask_kubernetes.operator import KubeCluster
 
-            return KubeCluster(custom_cluster_spec=kubernetes_cluster_spec(
-                str(options.get("name", "calcpipe")), version=__version__,
-                workers=params.workers,
-                gpus_per_worker=int(options.get("gpus_per_worker", 1)),
-                studies_per_gpu=studies_per_gpu(params)))
+            return KubeCluster(custom_cluster_spec=kubernetes_spec_for(params))
         from dask_jobqueue import SLURMCluster
 
         return SLURMCluster(**slurm_cluster_options(options))

@@ -14,6 +14,7 @@ from calcpipe.flows.cluster import (
     WORKER_MALLOC_CONFIG,
     WORKER_MALLOC_ENV,
     kubernetes_cluster_spec,
+    kubernetes_spec_for,
     slurm_cluster_options,
     studies_per_gpu,
     tuned_workers,
@@ -328,3 +329,16 @@ def test_in_flight_defaults_to_twice_the_clusters_threads():
     assert in_flight(params, Client([1] * 30)) == 60  # a GPU node's 30 processes
     assert in_flight(params, Client([1, 1])) == 8
     assert in_flight(params.model_copy(update={"in_flight": 3}), Client([1] * 30)) == 3
+
+
+def test_kubernetes_pods_take_memory_and_cores_from_the_cluster_options():
+    """As Slurm jobs do: docs/scale.md lists both for Kubernetes and Slurm."""
+    params = ScoreParams(source="s3://b/in", out="s3://b/out", cluster="kubernetes",
+                         cluster_options={"memory": "64Gi", "cores": 20,
+                                          "studies_per_gpu": 16})
+    limits = kubernetes_spec_for(params)["spec"]["worker"]["spec"]["containers"][0][
+        "resources"]["limits"]
+    assert (limits["memory"], limits["cpu"]) == ("64Gi", "20")
+    default = kubernetes_spec_for(ScoreParams(source="s3://b/in", out="s3://b/out",
+                                              cluster="kubernetes"))
+    assert default == kubernetes_cluster_spec("calcpipe", version=__version__, workers=2)
