@@ -288,7 +288,6 @@ def scale(cluster: Any, params: ScoreParams) -> None:
 
 
 def _start(params: ScoreParams) -> Any:
-
     kind, options = params.cluster, params.cluster_options
     if kind in ("local", "local-threads"):
         from distributed import LocalCluster
