@@ -15,7 +15,7 @@ from calcpipe.dicom import geometry
 from calcpipe.dicom.errors import DicomGeometryError, DicomInputError, GeometryProblem
 from calcpipe.dicom.frames import PADDING_HU, FileRead, Frame, read_file
 from calcpipe.dicom.metadata import find, scan_metadata
-from calcpipe.dicom.volume import CTVolume, QCFlag
+from calcpipe.dicom.volume import CTVolume, QCFlag, kvp_given
 from calcpipe.keys import derived_uid
 
 if TYPE_CHECKING:
@@ -284,7 +284,7 @@ def _assemble(reads: list[_Keyed], flags: list[QCFlag]) -> CTVolume:
         flags.append(QCFlag("rescale_rounded", "a non-integer rescale was rounded to whole HU"))
     metadata = scan_metadata(ds, slice_thickness_mm=thickness, slice_increment_mm=spacing_z,
                              pixel_spacing_mm=pixel_spacing)
-    if not (metadata.kvp is not None and metadata.kvp > 0):  # see CTVolume.scoring_kvp
+    if not kvp_given(metadata.kvp):  # scored at DEFAULT_KVP (CTVolume.scoring_kvp)
         flags.append(QCFlag("kvp_missing", f"KVP is {metadata.kvp!r}: scored at 120 kVp"))
     if metadata.contrast_agent:
         flags.append(QCFlag("contrast_agent",

@@ -99,6 +99,14 @@ def _gating(ds: Dataset) -> Gating:
     )
 
 
+def patient_id(path: str) -> str | None:
+    """A file's PatientID (None when absent or empty), read without its pixels."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+    return str(ds.get("PatientID", "") or "").strip() or None
+
+
 #: ContrastBolusAgent texts that say no agent was given, in the words archives use
 _NO_AGENT = re.compile(r"(NONE|NO|NIL|N/?A|0|-+|NON[- ]?CONTRAST|NO[- ]CONTRAST|"
                        r"WITHOUT CONTRAST|NONE GIVEN|NOT GIVEN|NATIVE)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -76,6 +76,11 @@ class ScanMetadata:
 DEFAULT_KVP = 120.0
 
 
+def kvp_given(kvp: float | None) -> TypeGuard[float]:
+    """Whether a header's KVP is one scoring can take (a positive number)."""
+    return kvp is not None and kvp > 0
+
+
 @dataclass(frozen=True, eq=False)
 class CTVolume:
     """A CT series as a regular volume in Hounsfield units.
@@ -128,7 +133,7 @@ class CTVolume:
         """The kVp that scoring takes: the header's KVP where it is positive, else 120 (the
         volume is then flagged ``kvp_missing``)."""
         kvp = self.metadata.kvp
-        return float(kvp) if kvp is not None and kvp > 0 else DEFAULT_KVP
+        return float(kvp) if kvp_given(kvp) else DEFAULT_KVP
 
     def has_flag(self, code: str) -> bool:
         return any(f.code == code for f in self.qc_flags)

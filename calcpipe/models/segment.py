@@ -239,14 +239,18 @@ class UNetSegmenter:
                             self.device.type, self.precision)
 
 
-def check_conventions(payload: Mapping[str, Any], where: str) -> None:
-    """Refuses a checkpoint trained under another HU transform or label map than the one
-    inference applies: its labels would come out silently wrong."""
+def conventions() -> dict[str, Any]:
+    """The label map and HU transform inference applies, as a checkpoint records them."""
     from calcpipe.models.preprocess import HU_CLIP, HU_SCALE
 
-    expected = {"hu_transform": {"clip": [float(v) for v in HU_CLIP], "scale": float(HU_SCALE)},
-                "classes": {str(k): v for k, v in LABEL_NAMES.items()}}
-    for field, value in expected.items():
+    return {"classes": {str(k): v for k, v in LABEL_NAMES.items()},
+            "hu_transform": {"clip": [float(v) for v in HU_CLIP], "scale": float(HU_SCALE)}}
+
+
+def check_conventions(payload: Mapping[str, Any], where: str) -> None:
+    """Refuses a checkpoint trained under another HU transform or label map than the one
+    inference applies (:func:`conventions`): its labels would come out silently wrong."""
+    for field, value in conventions().items():
         found = payload.get(field)
         if found is not None and found != value:
             raise ValueError(f"{where} records {field} {found!r}; calcpipe's inference "

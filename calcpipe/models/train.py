@@ -23,7 +23,6 @@ import numpy as np
 import numpy.typing as npt
 
 from calcpipe import __version__
-from calcpipe.labels import LABEL_NAMES
 from calcpipe.models.preprocess import (
     HU_CLIP,
     HU_SCALE,
@@ -391,13 +390,13 @@ def train(train_studies: Sequence[PreparedStudy], val_studies: Sequence[Prepared
 def _save(out: str | Path, model: Any, config: TrainConfig, description: dict[str, Any],
           step: int, best: float, history: list[dict[str, Any]]) -> None:
     from calcpipe.models.checkpoint import save_checkpoint
+    from calcpipe.models.segment import conventions
 
     state = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
              for k, v in model.state_dict().items()}
     save_checkpoint(out, {
         "state_dict": state, "config": config.unet.to_dict(),
-        "classes": {str(k): v for k, v in LABEL_NAMES.items()},
-        "hu_transform": {"clip": list(HU_CLIP), "scale": HU_SCALE},
+        **conventions(),
         "spacing_mm": config.model_spacing_mm,
         "training": {**description, "config": json.dumps(asdict(config), default=str),
                      "step": step},
@@ -411,9 +410,8 @@ def load_cohort(cohort: str | Path, config: TrainConfig, log: Callable[[str], No
     """Studies of a cohort folder with truth label maps (``_truth/labels/<key>.nii.gz``):
     (key, hu, labels, spacing, kVp) for each, the series chosen by the selection rules;
     and each study's patient (its PatientID, or the study key where it has none)."""
-    import pydicom
-
     from calcpipe.dicom import load_volume
+    from calcpipe.dicom.metadata import patient_id
     from calcpipe.ingest import discover
     from calcpipe.synthetic.truth import read_labels
 
@@ -435,9 +433,7 @@ def load_cohort(cohort: str | Path, config: TrainConfig, log: Callable[[str], No
             raise ValueError(f"truth {truth_file} has shape {labels.shape}, the chosen series "
                              f"{volume.hu.shape}")
         studies.append((key, volume.hu, labels, volume.spacing_mm, volume.scoring_kvp))
-        header = pydicom.dcmread(volume.source_files[0], stop_before_pixels=True,
-                                 specific_tags=["PatientID"])
-        patients[key] = str(header.get("PatientID", "") or "").strip() or f"study:{key}"
+        patients[key] = patient_id(volume.source_files[0]) or f"study:{key}"
     return studies, patients
 
 
@@ -477,9 +473,10 @@ def split_cohort(cohort: str | Path, config: TrainConfig,
                  log: Callable[[str], None] = print) -> CohortSplit:
     """Load a labelled cohort and split it 60/20/20 by patient."""
     studies, patients = load_cohort(cohort, config, log)
-    if len(set(patients.values())) < 3:
-        raise ValueError(f"{cohort} holds labelled studies of {len(set(patients.values()))} "
-                         "patients; at least 3 needed")
+    n_patients = len(set(patients.values()))
+    if n_patients < 3:
+        raise ValueError(f"{cohort} holds labelled studies of {n_patients} patients; at "
+                         "least 3 needed")
     by_key = {s[0]: s for s in studies}
     train_keys, val_keys, test_keys = split_patients(patients, config.seed)
 
@@ -490,7 +487,7 @@ def split_cohort(cohort: str | Path, config: TrainConfig,
     train_set, val_set = prepared(train_keys), prepared(val_keys)
     description = {"data": f"cohort {Path(cohort).name}: {len(train_keys)} train, "
                            f"{len(val_keys)} validation, {len(test_keys)} test studies "
-                           f"of {len(set(patients.values()))} patients, split by patient",
+                           f"of {n_patients} patients, split by patient",
                    "data_hash": data_hash(train_set + val_set)}
     return CohortSplit(train_set, val_set, [by_key[k] for k in test_keys], description)
 

@@ -66,10 +66,9 @@ class ScoreParams(BaseModel):
     @field_validator("out")
     @classmethod
     def _writable(cls, value: str) -> str:
-        from calcpipe.tables.store import check_local_root
+        from calcpipe.tables.store import TableStore
 
-        if "://" not in value or value.startswith("file://"):
-            check_local_root(value.removeprefix("file://"))
+        TableStore(value)  # refuses a local folder Delta Lake cannot write under
         return value
 
     @field_validator("profile")

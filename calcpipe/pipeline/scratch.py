@@ -83,6 +83,7 @@ MIN_ABANDONED_HOURS = 1.0
 def heartbeat(folder: str, storage_options: Mapping[str, Any] | None) -> None:
     """Marks a run's scratch folder as in use (see :func:`remove_abandoned`)."""
     fs, target = open_filesystem(join(folder, "heartbeat"), storage_options)
+    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
     fs.pipe_file(target, b"")
 
 

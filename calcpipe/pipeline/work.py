@@ -44,15 +44,9 @@ def mask_path(out_root: str, study_key: str) -> str:
 def load_series(item: StudyItem, storage_options: Mapping[str, Any] | None,
                 ) -> tuple[CTVolume, str | None]:
     """The chosen series as a volume, and the PatientID (None when absent)."""
-    import pydicom
-
     from calcpipe.dicom import load_volume
+    from calcpipe.dicom.metadata import patient_id
     from calcpipe.ingest.study import local_copies
-
-    def patient_id(path: str) -> str | None:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
-        value = str(ds.get("PatientID", "") or "").strip()
-        return value or None
 
     with local_copies(list(item.urls), storage_options) as paths:
         return load_volume(paths), patient_id(paths[0])

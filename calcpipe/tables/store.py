@@ -47,7 +47,7 @@ def delta_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str
 
 #: Characters of a local folder's path that delta-rs (deltalake 1.x) cannot write under: it
 #: parses the path as a URL, panicking on these and decoding ``%XX`` (measured with each
-#: ASCII punctuation character; ``tests/test_tables.py``).
+#: ASCII punctuation character; ``tests/test_catalog.py``).
 _UNWRITABLE = re.compile(r"[\[\]^|\\]|%[0-9A-Fa-f]{2}|[\x00-\x1f]")
 
 
